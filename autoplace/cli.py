@@ -1,0 +1,214 @@
+"""`autoplace` command line: one small function per command; user errors print one line and exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import AutoplaceError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise AutoplaceError(f"{self.prog}: {message}")
+
+
+def _positive(kind):
+    def check(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+        return value
+    return check
+
+
+def _common(p: argparse.ArgumentParser, model_default: str | None = "smollm2-135m") -> None:
+    p.add_argument("--data-dir", default=None, help="folder with the task's data files (or set AUTOPLACE_DATA_DIR)")
+    p.add_argument("--model", default=model_default, help="smollm2-135m (offline default), tiny-gpt2, tiny-bert, "
+                                                          "a hub id or a local folder")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=_positive(int), default=100)
+    p.add_argument("--batch-size", type=_positive(int), default=8)
+    p.add_argument("--lr", type=_positive(float), default=1e-3)
+    p.add_argument("--eval-every", type=_positive(int), default=10)
+    p.add_argument("--max-length", type=_positive(int), default=256)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="autoplace", description="Search where soft-prompt tokens go in a frozen LM's input.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("tasks", help="list tasks and their default templates")
+
+    p = sub.add_parser("train", help="train one template's prompt and export it")
+    p.add_argument("--task", required=True, help="rte|nli, cb, boolq, mr|sentiment, or a task .yaml")
+    p.add_argument("--template", default=None, help="template text, a file holding it, or an exported DIR")
+    p.add_argument("--encoder", choices=["lstm", "mlp", "none"], default=None)
+    p.add_argument("--init", choices=["vocab", "random"], default=None)
+    p.add_argument("--init-words", default=None, help="comma-separated words for vocab init")
+    p.add_argument("--fresh", action="store_true", help="with --template DIR: start from scratch, not its weights")
+    p.add_argument("--out", required=True, help="artifact folder to write")
+    _common(p, model_default=None)
+    _train_args(p)
+
+    p = sub.add_parser("eval", help="score an exported prompt on a split")
+    p.add_argument("artifact")
+    p.add_argument("--split", choices=["dev", "test", "train"], default="dev")
+    _common(p, model_default=None)
+
+    p = sub.add_parser("predict", help="predict labels for a jsonl file")
+    p.add_argument("artifact")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", default=None, help="default: stdout")
+    _common(p, model_default=None)
+
+    from .search.cli import add_commands
+    add_commands(sub, _common, _positive)
+    return parser
+
+
+def cmd_tasks(args) -> None:
+    from .tasks import get_task, task_names
+    from .tasks.builtin import ALIASES
+    for name in task_names():
+        task = get_task(name)
+        alias = f" (alias of {task.name})" if name in ALIASES else ""
+        print(f"{name}{alias}: {task.description}\n    template: {task.template}\n"
+              f"    labels: {json.dumps(task.verbalizer)}")
+
+
+def _template_source(arg: str | None, task) -> tuple[str, dict | None, str | None]:
+    """(template text, artifact meta or None, artifact path or None) from --template."""
+    from . import artifact
+    if arg is None:
+        return task.template, None, None
+    if artifact.is_artifact(arg):
+        return artifact.read_meta(arg)["template"], artifact.read_meta(arg), arg
+    if os.path.isdir(arg):
+        raise AutoplaceError(f"--template {arg}: folder has no {artifact.META_FILE}")
+    if os.path.isfile(arg):
+        return Path(arg).read_text(encoding="utf-8").strip(), None, None
+    return arg, None, None
+
+
+def cmd_train(args) -> None:
+    from . import artifact
+    from .backbones import load_backbone
+    from .pipeline import PromptConfig
+    from .runner import export, fit, metadata, prepare
+    from .tasks import get_task
+    from .trainer import TrainConfig
+    task = get_task(args.task)
+    text, source_meta, source_dir = _template_source(args.template, task)
+    previous = (source_meta or {}).get("prompt", {})
+    prompt = PromptConfig(template=text, encoder=args.encoder or previous.get("encoder", "lstm"),
+                          init=args.init or previous.get("init", "vocab"),
+                          init_words=[w for w in (args.init_words or "").split(",") if w.strip()],
+                          seed=args.seed, max_length=args.max_length)
+    model_name = args.model or (source_meta or {}).get("model") or "smollm2-135m"
+    backbone = load_backbone(model_name, args.device, args.trust_remote_code)
+    init_state = None
+    if source_meta and not args.fresh:
+        artifact.check_backbone(source_dir, source_meta, backbone.signature())
+        init_state = artifact.load_weights(source_dir, source_meta)
+    run = prepare(task, backbone, prompt, args.data_dir, init_state)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
+                      seed=args.seed)
+    result = fit(run, cfg)
+    test = run.evaluate("test")  # reported only; nothing is chosen on it
+    task_file = str(Path(args.task).resolve()) if args.task.endswith((".yaml", ".yml")) else None
+    meta = metadata(run, cfg, result, test, task_file, {"started_from": source_dir if init_state else None})
+    export(args.out, run, meta)
+    print(json.dumps({"out": args.out, "template": text, "dev": result.dev, "test": test,
+                      "steps": result.steps_done, "train_seconds": round(result.train_seconds, 2),
+                      "seconds_per_step": round(result.train_seconds / max(result.steps_done, 1), 4)}))
+
+
+def cmd_eval(args) -> None:
+    from .runner import load
+    run, meta = load(args.artifact, args.data_dir, args.model, args.device, args.trust_remote_code)
+    print(json.dumps({"artifact": args.artifact, "split": args.split, "template": meta["template"],
+                      **run.evaluate(args.split)}))
+
+
+def cmd_predict(args) -> None:
+    from .runner import load
+    from .trainer import predict
+    run, _ = load(args.artifact, args.data_dir, args.model, args.device, args.trust_remote_code)
+    examples = _read_jsonl(args.input, run.task.fields)
+    items = run.featurizer.encode_all(examples)
+    scores = predict(run.model, items)
+    tokenizer = run.backbone.tokenizer
+    lines = []
+    for row in scores:
+        best = int(row.argmax())
+        if run.task.kind == "cloze":
+            lines.append({"prediction": tokenizer.decode([best]).strip()})
+        else:
+            probs = row.softmax(-1).tolist()
+            lines.append({"prediction": run.task.labels[best],
+                          "scores": {label: round(p, 6) for label, p in zip(run.task.labels, probs)}})
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    if args.output is None:
+        sys.stdout.write(text)
+        return
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, out)
+
+
+def _read_jsonl(path: str, fields: list[str]) -> list[dict]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise AutoplaceError(f"input {path}: {exc.strerror}") from None
+    examples = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            example = json.loads(line)
+        except ValueError as exc:
+            raise AutoplaceError(f"input {path} line {n}: broken JSON ({exc})") from None
+        missing = [f for f in fields if not isinstance(example, dict) or f not in example]
+        if missing:
+            raise AutoplaceError(f"input {path} line {n}: field {missing[0]!r} missing")
+        examples.append(example)
+    if not examples:
+        raise AutoplaceError(f"input {path}: no examples")
+    return examples
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        handler = globals().get(f"cmd_{args.command}") or args.handler
+        handler(args)
+    except AutoplaceError as exc:
+        print(f"autoplace: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("autoplace: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Examples -> token ids + slot ids + answer position, tokenized once; batches with dynamic padding."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import AutoplaceError
+from .tasks import Task, label_key
+from .template import Mask, Slot, Template, segments
+
+NO_SLOT = -1
+_TOKEN_CACHE: dict[int, dict[str, list[int]]] = {}  # per tokenizer: text -> ids, shared by all templates
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    slot_ids: list[int]    # per position: index of the prompt token there, or NO_SLOT
+    answer: int            # position whose hidden state is scored
+    label: int             # label index (classification) or first target token id (cloze)
+    targets: list[int]     # cloze: first token ids of every acceptable answer
+
+
+class Featurizer:
+    """Turns a task's examples into model inputs for one template on one backbone."""
+
+    def __init__(self, template: Template, task: Task, tokenizer, causal: bool, max_length: int = 256):
+        self.template, self.task, self.tokenizer, self.causal = template, task, tokenizer, causal
+        self.max_length = max_length
+        self._cache = _TOKEN_CACHE.setdefault(id(tokenizer), {})
+        probe = tokenizer("x").input_ids
+        bare = tokenizer("x", add_special_tokens=False).input_ids
+        at = _find(probe, bare)
+        self.prefix, self.suffix = (probe[:at], probe[at + len(bare):]) if at >= 0 else ([], [])
+        if causal:
+            self.suffix = []  # nothing may follow the answer position of a causal LM
+        elif tokenizer.mask_token_id is None:
+            raise AutoplaceError("this masked LM's tokenizer has no mask token")
+        self.label_ids = [self.first_token(word, f"label word {word!r}") for word in task.verbalizer.values()]
+        if len(set(self.label_ids)) != len(self.label_ids):
+            raise AutoplaceError(f"task {task.name}: label words {list(task.verbalizer.values())} share a first token; "
+                                 "each label must start with a different token")
+        fixed = len(self.prefix) + len(self.suffix) + template.n_prompt_tokens + 1
+        if fixed >= max_length:
+            raise AutoplaceError(f"max length {max_length} leaves no room for text after {fixed} fixed tokens")
+
+    def tokens(self, text: str) -> list[int]:
+        if text not in self._cache:
+            self._cache[text] = self.tokenizer(text, add_special_tokens=False).input_ids
+        return self._cache[text]
+
+    def first_token(self, word: str, what: str) -> int:
+        """Multi-token label words are scored by their first token (as PET and P-tuning's LAMA do)."""
+        ids = self.tokens(word)
+        if not ids:
+            raise AutoplaceError(f"{what} tokenizes to nothing")
+        return ids[0]
+
+    def encode(self, example: dict) -> Encoded:
+        pieces = segments(self.template, example)
+        texts = [self.tokens(p) if isinstance(p, str) else list(self.tokens(p[2])) if isinstance(p, tuple) else []
+                 for p in pieces]  # field ids are copied: truncation shortens them
+        self._truncate(pieces, texts)
+        ids, slots, answer, next_slot = list(self.prefix), [NO_SLOT] * len(self.prefix), -1, 0
+        for piece, toks in zip(pieces, texts):
+            if isinstance(piece, Slot):
+                ids += [self.tokenizer.pad_token_id] * piece.length
+                slots += range(next_slot, next_slot + piece.length)
+                next_slot += piece.length
+            elif isinstance(piece, Mask):
+                if self.causal:
+                    answer = len(ids) - 1
+                else:
+                    answer = len(ids)
+                    ids.append(self.tokenizer.mask_token_id)
+                    slots.append(NO_SLOT)
+            else:
+                ids += toks
+                slots += [NO_SLOT] * len(toks)
+        ids += self.suffix
+        slots += [NO_SLOT] * len(self.suffix)
+        if answer < 0:
+            raise AutoplaceError("a causal model needs some input before [MASK]")
+        return Encoded(ids, slots, answer, *self._label(example))
+
+    def _label(self, example: dict) -> tuple[int, list[int]]:
+        """(label, targets); -1 and [] for unlabelled input (prediction)."""
+        if self.task.kind == "cloze":
+            value = example.get(self.task.target_field)
+            if value is None:
+                return -1, []
+            answers = value if isinstance(value, list) else [value]
+            targets = [self.first_token(" " + str(a).strip(), "cloze target") for a in answers]
+            return targets[0], targets
+        value = example.get(self.task.label_field)
+        return (-1 if value is None else self.task.labels.index(label_key(value))), []
+
+    def _truncate(self, pieces: list, texts: list) -> None:
+        """Shorten text fields only, longest first; prompts, literals and [MASK] always survive."""
+        fields = [i for i, p in enumerate(pieces) if isinstance(p, tuple)]
+        total = len(self.prefix) + len(self.suffix) + sum(
+            p.length if isinstance(p, Slot) else (0 if self.causal else 1) if isinstance(p, Mask) else len(t)
+            for p, t in zip(pieces, texts))
+        excess = total - self.max_length
+        while excess > 0:
+            longest = max(fields, key=lambda i: len(texts[i]), default=None)
+            if longest is None or not texts[longest]:
+                raise AutoplaceError(f"template literals and prompts alone exceed max length {self.max_length}")
+            lengths = sorted((len(texts[i]) for i in fields), reverse=True)
+            cut = min(excess, max(1, lengths[0] - (lengths[1] if len(lengths) > 1 else 0)))
+            del texts[longest][len(texts[longest]) - cut:]
+            excess -= cut
+
+    def encode_all(self, dataset) -> list[Encoded]:
+        return [self.encode(example) for example in dataset]
+
+
+def collate(items: list[Encoded], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Right-pad a batch to its longest example; the answer position is gathered, not assumed last."""
+    width = max(len(it.input_ids) for it in items)
+    n_targets = max(1, max(len(it.targets) for it in items))
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    slots = torch.full((len(items), width), NO_SLOT, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    targets = torch.full((len(items), n_targets), -1, dtype=torch.long)
+    for row, it in enumerate(items):
+        n = len(it.input_ids)
+        ids[row, :n] = torch.tensor(it.input_ids)
+        slots[row, :n] = torch.tensor(it.slot_ids)
+        mask[row, :n] = 1
+        targets[row, :len(it.targets)] = torch.tensor(it.targets, dtype=torch.long)
+    batch = {"input_ids": ids, "slot_ids": slots, "attention_mask": mask,
+             "answer": torch.tensor([it.answer for it in items]), "label": torch.tensor([it.label for it in items]),
+             "targets": targets}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _find(haystack: list[int], needle: list[int]) -> int:
+    for i in range(len(haystack) - len(needle) + 1):
+        if haystack[i:i + len(needle)] == needle:
+            return i
+    return -1

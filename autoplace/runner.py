@@ -1,0 +1,77 @@
+"""One prompt, end to end: build, train on train, select on dev, package as an artifact; and load it back.
+
+Shared by `autoplace train`, every search trial and `autoplace export`, so all three write the same artifact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import artifact
+from .backbones import Backbone, load_backbone
+from .encoding import Featurizer
+from .errors import AutoplaceError
+from .model import PromptedModel
+from .pipeline import PromptConfig, build
+from .tasks import Task, get_task
+from .trainer import TrainConfig, TrainResult, evaluate, train
+
+
+@dataclass
+class Prompted:
+    """A built prompt on its backbone, with what it knows about its task."""
+    task: Task
+    backbone: Backbone
+    prompt: PromptConfig
+    featurizer: Featurizer
+    model: PromptedModel
+    data_dir: str | None = None
+
+    def items(self, split: str):
+        return self.featurizer.encode_all(self.task.load_split(split, self.data_dir))
+
+    def evaluate(self, split: str, batch_size: int = 32) -> dict:
+        return evaluate(self.model, self.task, self.items(split), batch_size)[0]
+
+
+def prepare(task: Task, backbone: Backbone, prompt: PromptConfig, data_dir: str | None = None,
+            init_state: dict | None = None) -> Prompted:
+    featurizer, model = build(task, backbone, prompt)
+    if init_state is not None:
+        try:
+            model.encoder.load_state_dict(init_state)
+        except RuntimeError:
+            raise AutoplaceError("the starting prompt's weights do not fit this template/encoder "
+                                 "(pass --fresh to start from scratch)") from None
+    return Prompted(task, backbone, prompt, featurizer, model, data_dir)
+
+
+def fit(run: Prompted, cfg: TrainConfig, callback=None, progress: bool | None = None) -> TrainResult:
+    """Train on train and select on dev; the test split is not touched here."""
+    return train(run.model, run.task, run.items("train"), run.items("dev"), cfg, callback, progress)
+
+
+def metadata(run: Prompted, cfg: TrainConfig, result: TrainResult, test: dict | None, task_file: str | None,
+             extra: dict | None = None) -> dict:
+    return {
+        "template": run.prompt.template, "task": run.task.name, "task_file": task_file,
+        "model": run.backbone.name, "backbone": run.backbone.signature(),
+        "verbalizer": run.task.verbalizer, "prompt": run.prompt.to_dict(), "train": cfg.to_dict(),
+        "steps": result.steps_done, "best_step": result.best_step, "dev": result.dev, "test": test,
+        "train_seconds": round(result.train_seconds, 3), **(extra or {}),
+    }
+
+
+def export(out_dir: str | Path, run: Prompted, meta: dict) -> Path:
+    return artifact.save(out_dir, run.model.encoder.state_dict(), meta)
+
+
+def load(path: str | Path, data_dir: str | None = None, model: str | None = None, device: str | None = None,
+         trust_remote_code: bool = False) -> tuple[Prompted, dict]:
+    """Rebuild an exported prompt on its backbone; the weights are checked against the artifact's checksum."""
+    meta = artifact.read_meta(path)
+    weights = artifact.load_weights(path, meta)
+    task = get_task(meta.get("task_file") or meta["task"])
+    backbone = load_backbone(model or meta["model"], device, trust_remote_code)
+    artifact.check_backbone(path, meta, backbone.signature())
+    return prepare(task, backbone, PromptConfig(**meta["prompt"]), data_dir, weights), meta

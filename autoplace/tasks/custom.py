@@ -1,0 +1,74 @@
+"""Custom tasks from a YAML file, so users bring their own data."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..errors import AutoplaceError
+from .base import SPLITS, Task, load_file
+
+
+@dataclass
+class FileSource:
+    files: dict[str, Path]
+
+    def load(self, split: str, data_dir: str | None):
+        if split not in self.files:
+            raise AutoplaceError(f"this task has no {split!r} split in data_files")
+        return load_file(split, self.files[split])
+
+
+def load_task_file(path: str | Path) -> Task:
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise AutoplaceError(f"task file {path}{where}: not valid YAML") from None
+    except OSError as exc:
+        raise AutoplaceError(f"task file {path}: {exc.strerror}") from None
+
+    def bad(key: str, problem: str) -> AutoplaceError:
+        return AutoplaceError(f"task file {path}: key {key!r} {problem}")
+
+    if not isinstance(spec, dict):
+        raise AutoplaceError(f"task file {path}: expected a mapping of keys")
+    known = {"name", "kind", "data_files", "fields", "label_field", "verbalizer", "template", "target_field",
+             "description", "metrics"}
+    for key in spec:
+        if key not in known:
+            raise bad(key, f"is not a known key ({', '.join(sorted(known))})")
+    kind = spec.get("kind", "classification")
+    if kind not in ("classification", "cloze"):
+        raise bad("kind", f"must be classification or cloze, not {kind!r}")
+    for key in ("name", "data_files", "fields", "template") + (("verbalizer",) if kind == "classification" else ()):
+        if key not in spec:
+            raise bad(key, "is required")
+    files = spec["data_files"]
+    if not isinstance(files, dict) or not files:
+        raise bad("data_files", "must map splits (train, dev, test) to files")
+    for split in files:
+        if split not in SPLITS:
+            raise bad(f"data_files.{split}", f"is not a split ({', '.join(SPLITS)})")
+    for split in ("train", "dev"):
+        if split not in files:
+            raise bad(f"data_files.{split}", "is required (train trains, dev selects)")
+    fields = spec["fields"]
+    if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
+        raise bad("fields", "must be a non-empty list of column names")
+    verbalizer = spec.get("verbalizer") or {}
+    if kind == "classification":
+        if not isinstance(verbalizer, dict) or len(verbalizer) < 2:
+            raise bad("verbalizer", "must map at least two labels to words")
+        verbalizer = {str(k).lower() if isinstance(k, bool) else str(k): str(v) for k, v in verbalizer.items()}
+    if not isinstance(spec["template"], str):
+        raise bad("template", "must be a string")
+    return Task(
+        name=str(spec["name"]), kind=kind, fields=fields, template=spec["template"],
+        source=FileSource({s: (path.parent / f) for s, f in files.items()}),
+        label_field=spec.get("label_field", "label"), verbalizer=verbalizer,
+        target_field=spec.get("target_field", "target"),
+        metrics=tuple(spec.get("metrics", ["acc"])), description=spec.get("description", f"custom task from {path}"))

@@ -1,0 +1,122 @@
+"""The training loop: AdamW on prompt parameters only, dev evaluation every k steps reported to a callback."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .encoding import Encoded, collate
+from .errors import AutoplaceError
+from .model import PromptedModel
+from .tasks import Task
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_every: int = 10
+    eval_batch_size: int = 32
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    dev: dict                      # dev metrics of the kept (best-dev) prompt
+    best_step: int
+    steps_done: int
+    train_seconds: float
+    history: list = field(default_factory=list)  # (step, dev score)
+    stopped_early: bool = False
+
+
+class NonFiniteLoss(AutoplaceError):
+    pass
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; full precision on CPU, where bf16 is slower."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_items: list[Encoded], cfg: TrainConfig,
+          callback: Optional[Callable[[int, float], bool]] = None, progress: bool | None = None) -> TrainResult:
+    """Train the prompt; keep the prompt of the best dev score (dev selects). callback(step, score) -> keep going?"""
+    device, pad = model.backbone.device, model.backbone.tokenizer.pad_token_id
+    params = [p for p in model.encoder.parameters() if p.requires_grad and p.numel()]
+    torch.manual_seed(cfg.seed)
+    order_rng = torch.Generator().manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
+    steps = cfg.steps if params else 0
+    best, history, order, stopped = None, [], [], False
+    start = time.perf_counter()
+    step = 0
+    for step in tqdm(range(1, steps + 1), desc="train", disable=None if progress is None else not progress, leave=False):
+        while len(order) < cfg.batch_size:
+            order += torch.randperm(len(train_items), generator=order_rng).tolist()
+        batch = collate([train_items[i] for i in order[:cfg.batch_size]], pad, device)
+        del order[:cfg.batch_size]
+        with autocast(device):
+            scores = model(**batch)
+        loss = F.cross_entropy(scores.float(), batch["label"])
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"loss is {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        if step % cfg.eval_every == 0 or step == steps:
+            dev = evaluate(model, task, dev_items, cfg.eval_batch_size)[0]
+            score = dev[task.primary_metric]
+            history.append((step, score))
+            if best is None or score > best[0]:
+                best = (score, step, dev, copy.deepcopy(model.encoder.state_dict()))
+            if callback is not None and not callback(step, score):
+                stopped = True
+                break
+    seconds = time.perf_counter() - start
+    if best is None:  # nothing to train (no prompt slots): the template is scored as it is
+        dev = evaluate(model, task, dev_items, cfg.eval_batch_size)[0]
+        best = (dev[task.primary_metric], 0, dev, None)
+        history.append((0, best[0]))
+    elif best[3] is not None:
+        model.encoder.load_state_dict(best[3])
+    return TrainResult(best[2], best[1], step if params else 0, seconds, history, stopped)
+
+
+@torch.no_grad()
+def predict(model: PromptedModel, items: list[Encoded], batch_size: int = 32) -> torch.Tensor:
+    """Scores for every item, in input order; batches are formed by length to waste little padding."""
+    device, pad = model.backbone.device, model.backbone.tokenizer.pad_token_id
+    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
+    out = [None] * len(items)
+    for lo in range(0, len(order), batch_size):
+        idx = order[lo:lo + batch_size]
+        with autocast(device):
+            scores = model(**collate([items[i] for i in idx], pad, device)).float().cpu()
+        for row, i in enumerate(idx):
+            out[i] = scores[row]
+    return torch.stack(out) if out else torch.empty(0)
+
+
+def evaluate(model: PromptedModel, task: Task, items: list[Encoded], batch_size: int = 32) -> tuple[dict, list[int]]:
+    """(metrics, predicted label index or token id per item)."""
+    was_training = model.training
+    model.eval()
+    best = predict(model, items, batch_size).argmax(-1).tolist()
+    model.train(was_training)
+    if task.kind == "cloze":
+        return task.score([p in it.targets for p, it in zip(best, items)], None), best
+    return task.score(best, [it.label for it in items]), best
