@@ -19,6 +19,7 @@ from .errors import AutoplaceError
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_ALIASES = ("tiny-gpt2", "tiny-bert")
+INIT_RANGE = 0.2  # wide enough that a random trunk passes signal between positions (0.02 nearly does not)
 MASKED_LM_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
                    "camembert", "megatron-bert", "mpnet", "modernbert"}
 
@@ -77,8 +78,15 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _quiet_transformers() -> None:
+    import transformers
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def load_backbone(name: str, device: str | None = None, trust_remote_code: bool = False) -> Backbone:
     """Load (once per process) and freeze a backbone: eval mode, no gradients, weights never change."""
+    _quiet_transformers()
     device = device or default_device()
     key = (name, device, trust_remote_code)
     if key not in _LOADED:
@@ -159,11 +167,12 @@ def _tiny(name: str):
     if name == "tiny-bert":
         tokenizer.add_special_tokens({"mask_token": "[MASK]"})
         config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=512,
+                            intermediate_size=64, max_position_embeddings=512, initializer_range=INIT_RANGE,
                             pad_token_id=tokenizer.pad_token_id, architectures=["BertForMaskedLM"])
         model = BertForMaskedLM(config)
     else:
         config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=512,
+                            initializer_range=INIT_RANGE,
                             bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                             architectures=["GPT2LMHeadModel"])
         model = GPT2LMHeadModel(config)

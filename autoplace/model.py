@@ -25,6 +25,8 @@ class PromptedModel(nn.Module):
     def embed(self, input_ids: torch.Tensor, slot_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings with prompt vectors at the slot positions, in one vectorised step."""
         tokens = self.backbone.embeddings(input_ids)
+        if self.encoder.n_tokens == 0:
+            return tokens
         prompts = self.encoder().to(tokens.dtype)
         is_slot = (slot_ids != NO_SLOT).unsqueeze(-1)
         return torch.where(is_slot, prompts[slot_ids.clamp(min=0)], tokens)

@@ -39,6 +39,7 @@ class TrainResult:
     steps_done: int
     train_seconds: float
     history: list = field(default_factory=list)  # (step, dev score)
+    losses: list = field(default_factory=list)   # training loss per step
     stopped_early: bool = False
 
 
@@ -60,7 +61,7 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
     order_rng = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
     steps = cfg.steps if params else 0
-    best, history, order, stopped = None, [], [], False
+    best, history, losses, order, stopped = None, [], [], [], False
     start = time.perf_counter()
     step = 0
     for step in tqdm(range(1, steps + 1), desc="train", disable=None if progress is None else not progress, leave=False):
@@ -73,6 +74,7 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
         loss = F.cross_entropy(scores.float(), batch["label"])
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss is {loss.item()} at step {step}")
+        losses.append(loss.item())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -93,7 +95,7 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
         history.append((0, best[0]))
     elif best[3] is not None:
         model.encoder.load_state_dict(best[3])
-    return TrainResult(best[2], best[1], step if params else 0, seconds, history, stopped)
+    return TrainResult(best[2], best[1], step if params else 0, seconds, history, losses, stopped)
 
 
 @torch.no_grad()

@@ -1,0 +1,71 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("AUTOPLACE_SHARED_DATA", REPO.parent / "shared" / "data"))
+FEWGLUE = SHARED_DATA / "FewGLUE_32dev"
+
+
+@pytest.fixture(scope="session")
+def fewglue() -> Path:
+    if not (FEWGLUE / "CB" / "train.jsonl").is_file():
+        pytest.fail(f"shared data not found at {FEWGLUE}")
+    return FEWGLUE
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    from autoplace.backbones import load_backbone
+    return load_backbone("tiny-gpt2", "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert():
+    from autoplace.backbones import load_backbone
+    return load_backbone("tiny-bert", "cpu")
+
+
+@pytest.fixture(params=["tiny-gpt2", "tiny-bert"])
+def tiny(request):
+    from autoplace.backbones import load_backbone
+    return load_backbone(request.param, "cpu")
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+WORDS = {"pos": ["good", "great", "fine", "nice", "happy", "superb", "lovely", "brilliant"],
+         "neg": ["bad", "awful", "poor", "sad", "terrible", "horrible", "ugly", "dreadful"]}
+
+
+def synthetic_rows(n: int, seed: int):
+    """A learnable toy sentiment task: the label is whether the sentence holds a positive or a negative word."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        word = WORDS[label][int(torch.randint(len(WORDS[label]), (1,), generator=g))]
+        rows.append({"sentence": f"the movie was {word}", "label": label})
+    return rows
+
+
+@pytest.fixture
+def toy_task_file(tmp_path) -> Path:
+    """A custom task YAML with train/dev/test jsonl files next to it."""
+    for split, n, seed in (("train", 32, 0), ("dev", 16, 1), ("test", 16, 2)):
+        write_jsonl(tmp_path / f"{split}.jsonl", synthetic_rows(n, seed))
+    path = tmp_path / "toy.yaml"
+    path.write_text(
+        "name: toy\nkind: classification\n"
+        "data_files: {train: train.jsonl, dev: dev.jsonl, test: test.jsonl}\n"
+        "fields: [sentence]\nlabel_field: label\n"
+        'verbalizer: {pos: " yes", neg: " no"}\n'
+        'template: "{sentence} It was [MASK]"\n')
+    return path
