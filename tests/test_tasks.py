@@ -1,0 +1,95 @@
+import pytest
+
+from autoplace.encoding import collate
+from autoplace.errors import AutoplaceError
+from autoplace.pipeline import PromptConfig, build
+from autoplace.tasks import get_task
+from autoplace.trainer import TrainConfig, evaluate, train
+from conftest import SHARED_DATA, write_jsonl
+
+
+@pytest.mark.parametrize("name, folder, sizes", [
+    ("rte", "FewGLUE_32dev", (32, 32, 277)), ("nli", "FewGLUE_32dev", (32, 32, 277)),
+    ("cb", "FewGLUE_32dev", (32, 32, 56)), ("boolq", "FewGLUE_32dev", (32, 32, 3270)),
+    ("sentiment", "MR_snippets", (8066, 994, 1012)),
+])
+def test_builtin_tasks_read_their_folders(name, folder, sizes, fewglue):
+    task = get_task(name)
+    got = tuple(len(task.load_split(s, str(SHARED_DATA / folder))) for s in ("train", "dev", "test"))
+    assert got == sizes
+    ds = task.load_split("train", str(SHARED_DATA / folder))
+    assert set(task.label_of(ex) for ex in ds) == set(task.labels)
+
+
+def test_data_dir_may_be_the_data_root_or_the_env(monkeypatch, fewglue):
+    assert len(get_task("cb").load_split("dev", str(SHARED_DATA))) == 32  # finds FewGLUE_32dev/CB
+    monkeypatch.setenv("AUTOPLACE_DATA_DIR", str(fewglue))
+    assert len(get_task("rte").load_split("dev")) == 32
+
+
+def test_no_data_dir_offline_names_data_dir(monkeypatch):
+    monkeypatch.delenv("AUTOPLACE_DATA_DIR", raising=False)
+    import datasets.config
+    import huggingface_hub.constants
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 would, without the wait
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(AutoplaceError, match="pass --data-dir"):
+        get_task("cb").load_split("train", None)
+
+
+def test_custom_task_yaml_loads(toy_task_file):
+    task = get_task(str(toy_task_file))
+    assert task.name == "toy" and task.fields == ["sentence"] and task.labels == ["pos", "neg"]
+    assert len(task.load_split("train")) == 32 and task.load_split("dev")[0]["sentence"].startswith("the movie")
+
+
+def test_custom_csv_task(tmp_path):
+    (tmp_path / "t.csv").write_text("text,y\nfine day,good\nawful day,bad\n")
+    (tmp_path / "t.yaml").write_text('name: c\ndata_files: {train: t.csv, dev: t.csv}\nfields: [text]\n'
+                                     'label_field: y\nverbalizer: {good: " yes", bad: " no"}\ntemplate: "{text} [MASK]"\n')
+    assert get_task(str(tmp_path / "t.yaml")).load_split("dev")["y"] == ["good", "bad"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("name: x\nfields: [a]\nverbalizer: {a: b, c: d}\ntemplate: '[MASK]'\n", "'data_files' is required"),
+    ("name: x\ndata_files: {train: a.jsonl, dev: a.jsonl}\nfields: [a]\ntemplate: '[MASK]'\n",
+     "'verbalizer' is required"),
+    ("name: x\nkind: regression\n", "'kind' must be classification or cloze"),
+    ("name: x\ncolour: red\n", "'colour' is not a known key"),
+    ("name: [x\n", "not valid YAML"),
+])
+def test_bad_task_yaml_names_the_key(tmp_path, body, message):
+    (tmp_path / "t.yaml").write_text(body)
+    with pytest.raises(AutoplaceError, match=message):
+        get_task(str(tmp_path / "t.yaml"))
+
+
+def test_bad_data_names_file_line_and_label(tmp_path, toy_task_file):
+    (toy_task_file.parent / "dev.jsonl").write_text('{"sentence": "a", "label": "pos"}\n{"sentence": "b", "lab\n')
+    with pytest.raises(AutoplaceError, match=r"dev.jsonl line 2: broken JSON"):
+        get_task(str(toy_task_file)).load_split("dev")
+    write_jsonl(toy_task_file.parent / "test.jsonl", [{"sentence": "a", "label": "meh"}])
+    with pytest.raises(AutoplaceError, match=r"split test, example 1: unknown label 'meh'"):
+        get_task(str(toy_task_file)).load_split("test")
+    write_jsonl(toy_task_file.parent / "train.jsonl", [{"text": "a", "label": "pos"}])
+    with pytest.raises(AutoplaceError, match=r"field 'sentence' missing"):
+        get_task(str(toy_task_file)).load_split("train")
+
+
+def test_cloze_task_scores_p_at_1_over_the_vocabulary(tiny_gpt2, tmp_path):
+    capitals = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", ["Tokyo", "Edo"])]
+    write_jsonl(tmp_path / "d.jsonl", [{"input": c, "target": t} for c, t in capitals])
+    (tmp_path / "lama.yaml").write_text('name: capitals\nkind: cloze\ndata_files: {train: d.jsonl, dev: d.jsonl}\n'
+                                        'fields: [input]\ntarget_field: target\n'
+                                        'template: "The capital of {input} is [MASK]"\n')
+    task = get_task(str(tmp_path / "lama.yaml"))
+    feat, model = build(task, tiny_gpt2, PromptConfig("[P:2] The capital of {input} is [P:2] [MASK]", encoder="none"))
+    items = feat.encode_all(task.load_split("train"))
+    assert len(items[3].targets) == 2
+    assert model(**collate(items, 0)).shape == \
+        (4, tiny_gpt2.vocab_size)
+    result = train(model, task, items, items, TrainConfig(steps=150, batch_size=4, lr=5e-2, eval_every=50),
+                   progress=False)
+    assert sum(result.losses[-10:]) < sum(result.losses[:10])
+    metrics, best = evaluate(model, task, items)
+    assert set(metrics) == {"p@1"} and metrics["p@1"] == sum(b in it.targets for b, it in zip(best, items)) / 4
