@@ -47,17 +47,38 @@ def save(out_dir: str | Path, state: dict[str, torch.Tensor], meta: dict) -> Pat
         meta = {"format_version": FORMAT_VERSION, **meta, "weights_sha256": sha256(tmp / WEIGHTS_FILE),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions()}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        _publish(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def install(files: dict[str, Path], out_dir: str | Path) -> Path:
+    """Copy an artifact's files (e.g. downloaded from a study's artifact store) into place, checked and atomic."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for name, src in files.items():
+            shutil.copyfile(src, tmp / name)
+        load_weights(tmp, read_meta(tmp))  # refuse to publish a damaged artifact
+        _publish(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Rename a complete folder into place; an older artifact there is replaced only once the new one is whole."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
 
 
 def is_artifact(path: str | Path) -> bool:

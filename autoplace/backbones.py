@@ -99,6 +99,25 @@ def load_backbone(name: str, device: str | None = None, trust_remote_code: bool 
     return _LOADED[key]
 
 
+def is_causal(name: str, trust_remote_code: bool = False) -> bool:
+    """The backbone kind without loading its weights (reads the config only)."""
+    if name in ("smollm2-135m", "tiny-gpt2"):
+        return True
+    if name == "tiny-bert":
+        return False
+    from transformers import AutoConfig
+    try:
+        return not _is_masked_lm(AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code))
+    except OSError as exc:
+        raise _unreachable(name, exc) from None
+
+
+def _unreachable(name: str, exc: Exception) -> AutoplaceError:
+    return AutoplaceError(f"model {name!r} is not a local folder and the Hugging Face hub cannot be reached or has no "
+                          f"such model ({type(exc).__name__}); pass a local folder, or use the offline default "
+                          "smollm2-135m")
+
+
 def _is_masked_lm(config) -> bool:
     archs = getattr(config, "architectures", None) or []
     if archs:
@@ -125,9 +144,7 @@ def _from_pretrained(source: str, trust_remote_code: bool, name: str):
     except OSError as exc:
         if Path(source).exists():
             raise AutoplaceError(f"model folder {source} cannot be loaded: {str(exc).splitlines()[0]}") from None
-        raise AutoplaceError(
-            f"model {name!r} is not a local folder and the Hugging Face hub cannot be reached or has no such model "
-            f"({type(exc).__name__}); pass a local folder, or use the offline default smollm2-135m") from None
+        raise _unreachable(name, exc) from None
     except ValueError as exc:
         raise AutoplaceError(f"model {name!r} cannot be loaded: {str(exc).splitlines()[0]}") from None
     return model, tokenizer

@@ -1,5 +1,92 @@
-"""Search commands (search, export, report); filled in by the search package."""
+"""`autoplace search | export | report`."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ..errors import AutoplaceError
 
 
 def add_commands(sub, common, positive) -> None:
-    return None
+    p = sub.add_parser("search", help="search where prompt slots go (Optuna study)")
+    p.add_argument("--task", required=True, help="rte|nli, cb, boolq, mr|sentiment, or a task .yaml")
+    p.add_argument("--space", default=None, help="search-space YAML (default: search_spaces/<family>.yaml)")
+    p.add_argument("--n-trials", type=positive(int), default=30, help="trials in the study, references included")
+    p.add_argument("--timeout", type=positive(float), default=None, help="seconds before workers stop claiming trials")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pruner", choices=["median", "hyperband", "sha", "wilcoxon", "none"], default="median")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/study.db)")
+    p.add_argument("--study-name", default=None, help="default: autoplace-<task>")
+    p.add_argument("--workers", type=positive(int), default=1, help="worker processes on this machine")
+    p.add_argument("--devices", default=None, help="comma-separated devices to pin workers to, e.g. cuda:0,cuda:1")
+    p.add_argument("--steps", type=positive(int), default=None, help="per-trial training steps (overrides the space)")
+    p.add_argument("--eval-every", type=positive(int), default=None)
+    p.add_argument("--batch-size", type=positive(int), default=None)
+    p.add_argument("--confirm-top", type=int, default=0, help="retrain the k best templates over several seeds")
+    p.add_argument("--confirm-seeds", type=positive(int), default=3)
+    p.add_argument("--out", default="runs/search", help="folder for the study, best/, report.md")
+    common(p)
+    p.set_defaults(handler=cmd_search)
+
+    p = sub.add_parser("export", help="export a trial's prompt as an artifact (or a PEFT adapter)")
+    _study_args(p)
+    p.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
+    p.add_argument("--format", choices=["autoplace", "peft"], default="autoplace")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("report", help="write report.md, trials.csv and plots for a study")
+    _study_args(p)
+    p.set_defaults(handler=cmd_report)
+
+
+def _study_args(p) -> None:
+    p.add_argument("--storage", required=True)
+    p.add_argument("--study-name", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--artifacts", default=None, help="the study's artifact store (default: where search put it)")
+
+
+def cmd_search(args) -> None:
+    from ..tasks import get_task
+    from .run import search
+    from .space import default_space_path, load_space
+    from .storage import default_url
+    from .study import SearchConfig
+    task = get_task(args.task)
+    space = args.space or str(default_space_path(task.name))
+    load_space(space)  # a bad YAML fails here, before any model loads
+    name = args.study_name or f"autoplace-{re.sub(r'[^A-Za-z0-9_-]', '-', Path(task.name).stem)}"
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else []
+    if args.confirm_top < 0:
+        raise AutoplaceError("--confirm-top must be 0 or more")
+    cfg = SearchConfig(task=args.task, space=space, out=args.out, storage=args.storage or default_url(args.out),
+                       study_name=name, model=args.model, data_dir=args.data_dir, n_trials=args.n_trials,
+                       timeout=args.timeout, seed=args.seed, pruner=args.pruner, workers=args.workers,
+                       devices=devices or ([args.device] if args.device else []), steps=args.steps,
+                       eval_every=args.eval_every, batch_size=args.batch_size, confirm_top=args.confirm_top,
+                       confirm_seeds=args.confirm_seeds, trust_remote_code=args.trust_remote_code)
+    print(json.dumps(search(cfg)))
+
+
+def cmd_export(args) -> None:
+    import tempfile
+    from .. import artifact
+    from .run import load_existing, load_trial, pick_trial, trial_files
+    study = load_existing(args.storage, args.study_name)
+    trial = pick_trial(study, args.trial)
+    if args.format == "peft":
+        from ..peft_export import export_peft
+        run, _ = load_trial(study, trial, None, args.artifacts)
+        out = export_peft(run, args.out)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = artifact.install(trial_files(study, trial, Path(tmp), args.artifacts), args.out)
+    print(json.dumps({"out": str(out), "trial": trial.number, "template": trial.user_attrs.get("template"),
+                      "dev": trial.value, "format": args.format}))
+
+
+def cmd_report(args) -> None:
+    from .report import write_report
+    from .run import load_existing
+    print(json.dumps({"report": str(write_report(load_existing(args.storage, args.study_name), args.out))}))

@@ -1,0 +1,126 @@
+"""report.md, trials.csv and plots from a study: what the search found and what placement did."""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+PLACEMENTS = ("none", "start-only", "middle-only", "end-only", "mixed")
+
+
+def _fmt(value, digits=3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def position_table(trials) -> list[dict]:
+    """Per placement class: trials, completed, best and mean dev (the P-tuning paper's table)."""
+    rows = []
+    for placement in PLACEMENTS:
+        group = [t for t in trials if t.user_attrs.get("placement") == placement]
+        scores = [t.value for t in group if t.state == TrialState.COMPLETE]
+        rows.append({"placement": placement, "trials": len(group), "complete": len(scores),
+                     "best_dev": max(scores) if scores else None,
+                     "mean_dev": statistics.mean(scores) if scores else None})
+    return rows
+
+
+def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
+    state_counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    total_steps = sum(t.user_attrs.get("steps", 0) for t in trials)
+    study.trials_dataframe().to_csv(out / "trials.csv", index=False)
+    plots = _plots(study, out)
+
+    lines = [f"# autoplace report: study `{study.study_name}`", ""]
+    final = study.user_attrs.get("final")
+    if final:
+        lines += ["## Winner", "", f"`{final['template']}`", "",
+                  f"dev {final['dev']} · **test {final['test']}** (the test split is scored once, for the winner only)",
+                  f"· search wall time {final.get('search_seconds', '–')} s", ""]
+    lines += ["## Top templates", "", "| # | trial | template | placement | encoder | init | dev | train s |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for rank, t in enumerate(complete[:top], 1):
+        lines.append(f"| {rank} | {t.number} | `{t.user_attrs.get('template')}` | {t.user_attrs.get('placement')} | "
+                     f"{t.params.get('encoder', '–')} | {t.params.get('init', '–')} | {_fmt(t.value)} | "
+                     f"{_fmt(t.user_attrs.get('train_seconds'), 1)} |")
+    refs = [t for t in trials if "reference" in t.user_attrs and t.state == TrialState.COMPLETE]
+    if refs:
+        best_ref = max(refs, key=lambda t: t.value)
+        gain = complete[0].value - best_ref.value if complete else 0.0
+        lines += ["", f"Best reference: {best_ref.user_attrs['reference']} at {_fmt(best_ref.value)}; "
+                      f"the search's best is {gain:+.3f} beyond it.", ""]
+        lines += ["| reference | template | dev |", "| --- | --- | --- |"]
+        lines += [f"| {t.user_attrs['reference']} | `{t.user_attrs.get('template')}` | {_fmt(t.value)} |" for t in refs]
+    lines += ["", "## Position effect", "", "| placement | trials | complete | best dev | mean dev |",
+              "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['placement']} | {r['trials']} | {r['complete']} | {_fmt(r['best_dev'])} | {_fmt(r['mean_dev'])} |"
+              for r in position_table(trials)]
+    confirm = study.user_attrs.get("confirm")
+    if confirm:
+        lines += ["", "## Confirmation over seeds", "", "| trial | template | search dev | seed devs | mean ± std |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {c['trial']} | `{c['template']}` | {_fmt(c['search_dev'])} | "
+                  f"{', '.join(_fmt(s) for s in c['seed_devs'])} | {_fmt(c['mean_dev'])} ± {_fmt(c['std_dev'])} |"
+                  for c in confirm]
+    lines += ["", "## Parameter importances", ""]
+    try:
+        importances = optuna.importance.get_param_importances(study)
+        lines += ["| parameter | importance |", "| --- | --- |"]
+        lines += [f"| {name} | {value:.3f} |" for name, value in importances.items()]
+    except (ValueError, RuntimeError) as exc:
+        lines.append(f"Not available yet: {exc}")
+    lines += ["", "## Trials", "",
+              f"complete {state_counts['complete']} · pruned {state_counts['pruned']} · failed {state_counts['fail']} "
+              f"· running {state_counts['running']} · waiting {state_counts['waiting']} · "
+              f"total train steps {total_steps}", ""]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    lines += [f"- trial {t.number} failed: {t.user_attrs.get('reason', 'no reason recorded')}" for t in failed]
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    lines += ["", "Files: `trials.csv` (every trial), `best/` (the winner's artifact). "
+                  "Browse the study live with `optuna-dashboard <storage URL>`.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _plots(study: optuna.Study, out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    made = []
+    for name, draw in (("history", ovm.plot_optimization_history), ("importances", ovm.plot_param_importances),
+                       ("intermediate", ovm.plot_intermediate_values), ("score_vs_cost", _score_vs_cost)):
+        try:
+            draw(study)
+            plt.gcf().set_size_inches(8, 5)
+            plt.tight_layout()
+            plt.savefig(out / f"{name}.png", dpi=80)
+            made.append(out / f"{name}.png")
+        except (ValueError, RuntimeError, ZeroDivisionError, KeyError):
+            pass  # e.g. importances need two completed trials with varying parameters
+        finally:
+            plt.close("all")
+    return made
+
+
+def _score_vs_cost(study: optuna.Study):
+    """Dev score against train seconds: cheaper placements that score as well are worth knowing."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    for placement in PLACEMENTS:
+        points = [(t.user_attrs["train_seconds"], t.value) for t in study.get_trials(deepcopy=False)
+                  if t.state == TrialState.COMPLETE and t.user_attrs.get("placement") == placement]
+        if points:
+            ax.scatter(*zip(*points), label=placement)
+    ax.set_xlabel("train seconds")
+    ax.set_ylabel("dev score")
+    ax.set_title("Score vs cost per trial")
+    ax.legend()
+    return ax

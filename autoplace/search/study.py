@@ -1,0 +1,179 @@
+"""The study: sampler, pruner, the trial budget, and the workers that run trials until it is spent.
+
+The budget is exact across processes and machines: the process that creates the study enqueues the reference
+trials and fills the queue up to --n-trials with empty WAITING trials; workers only ever claim WAITING trials
+(an atomic state change in the storage) and stop when none are left. So K workers finish exactly N trials.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from ..errors import AutoplaceError
+from .space import SearchSpace
+from .storage import open_storage, redact
+
+PRUNERS = ("median", "hyperband", "sha", "wilcoxon", "none")
+ARTIFACT_ATTR = "autoplace_artifact"
+
+
+@dataclass
+class SearchConfig:
+    task: str
+    space: str
+    out: str
+    storage: str
+    study_name: str
+    model: str = "smollm2-135m"
+    data_dir: str | None = None
+    n_trials: int = 30
+    timeout: float | None = None
+    seed: int = 0
+    pruner: str = "median"
+    workers: int = 1
+    devices: list[str] = field(default_factory=list)
+    steps: int | None = None
+    eval_every: int | None = None
+    batch_size: int | None = None
+    confirm_top: int = 0
+    confirm_seeds: int = 3
+    progress: bool | None = None
+    trust_remote_code: bool = False
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "storage": redact(self.storage)}
+
+
+def make_sampler(seed: int, parallel: bool) -> optuna.samplers.BaseSampler:
+    """TPE over the conditional space: multivariate + grouped; constant liar keeps parallel workers apart."""
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=parallel,
+                                      n_startup_trials=5)
+
+
+def make_pruner(name: str, steps: int, eval_every: int) -> optuna.pruners.BasePruner:
+    """Median is the default: with tens of trials and a 32-example dev set, it compares a trial with the median
+    of the trials before it at the same step, waits for 5 finished trials and a third of the budget, and so
+    stops clear losers without betting on the noisy first evaluations. Hyperband/SHA pay off with many trials."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(eval_every, steps // 3))
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=eval_every, max_resource=steps, reduction_factor=3)
+    if name == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=eval_every, reduction_factor=3)
+    if name == "wilcoxon":
+        return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise AutoplaceError(f"unknown pruner {name!r} (use {', '.join(PRUNERS)})")
+
+
+def open_study(cfg: SearchConfig, space: SearchSpace, causal: bool) -> optuna.Study:
+    """Create the study (and its queue of N trials) or join an existing one; re-running resumes."""
+    storage = open_storage(cfg.storage)
+    budget = effective_budget(cfg, space)
+    sampler = make_sampler(cfg.seed, cfg.workers > 1)
+    pruner = make_pruner(cfg.pruner, budget["steps"], budget["eval_every"])
+    try:
+        study = optuna.create_study(storage=storage, study_name=cfg.study_name, direction="maximize",
+                                    sampler=sampler, pruner=pruner)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=storage, study_name=cfg.study_name, sampler=sampler, pruner=pruner)
+        created = False
+    if created:
+        study.set_user_attr("config", cfg.to_dict())
+        study.set_user_attr("space", space.path)
+        study.set_user_attr("budget", budget)
+        for name, params in space.references(causal)[:cfg.n_trials]:
+            study.enqueue_trial(params, user_attrs={"reference": name})
+        _fill_queue(study, cfg.n_trials)
+        study.set_user_attr("n_trials", cfg.n_trials)
+    else:
+        _wait_for_queue(study)
+        if cfg.n_trials > study.user_attrs.get("n_trials", 0):  # asked for more: top the queue up
+            study.set_user_attr("n_trials", cfg.n_trials)
+            _fill_queue(study, cfg.n_trials)
+    return study
+
+
+def effective_budget(cfg: SearchConfig, space: SearchSpace) -> dict:
+    budget = asdict(space.budget)
+    for key in ("steps", "eval_every", "batch_size"):
+        if getattr(cfg, key) is not None:
+            budget[key] = getattr(cfg, key)
+    budget["eval_every"] = min(budget["eval_every"], budget["steps"])
+    return budget
+
+
+def _budget_trials(study: optuna.Study) -> list:
+    """Trials that count against the budget: all but failed ones (a failure is retried or reported)."""
+    return study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE,
+                                                     TrialState.PRUNED))
+
+
+def _fill_queue(study: optuna.Study, n_trials: int) -> None:
+    for _ in range(n_trials - len(_budget_trials(study))):
+        study.enqueue_trial({}, skip_if_exists=False)
+
+
+def _wait_for_queue(study: optuna.Study, seconds: float = 120) -> None:
+    """A joining worker waits until the creating process has written the budget."""
+    deadline = time.time() + seconds
+    while "n_trials" not in study.user_attrs:
+        if time.time() > deadline:
+            raise AutoplaceError(f"study {study.study_name!r} exists but its creator never finished setting it up")
+        time.sleep(0.5)
+        study = optuna.load_study(storage=study._storage, study_name=study.study_name)
+
+
+def claim(study: optuna.Study) -> optuna.Trial | None:
+    """Atomically take one WAITING trial (RUNNING in the storage), or None when the budget is spent."""
+    storage = study._storage
+    for frozen in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, frozen._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+class Heartbeat:
+    """Records the trial's heartbeat while it runs, so a killed worker's trial is detected as stale."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial):
+        self.storage, self.trial_id = study._storage, trial._trial_id
+        self.interval = getattr(self.storage, "get_heartbeat_interval", lambda: None)()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self):
+        while not self.stop.wait(self.interval):
+            self.storage.record_heartbeat(self.trial_id)
+
+    def __enter__(self):
+        if self.interval:
+            self.storage.record_heartbeat(self.trial_id)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+def counts(study: optuna.Study) -> dict:
+    trials = study.get_trials(deepcopy=False)
+    return {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+
+
+def device_for(worker: int, devices: list[str]) -> str | None:
+    return devices[worker % len(devices)] if devices else None

@@ -1,0 +1,145 @@
+"""A worker: loads the backbone once, then claims and runs trials until the study's budget is spent."""
+from __future__ import annotations
+
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from tqdm.auto import tqdm
+
+from .. import artifact
+from ..backbones import load_backbone
+from ..errors import AutoplaceError
+from ..pipeline import PromptConfig
+from ..runner import export, fit, metadata, prepare
+from ..tasks import get_task
+from ..template import parse, placement_class
+from ..trainer import NonFiniteLoss, TrainConfig
+from .space import load_space
+from .study import ARTIFACT_ATTR, Heartbeat, SearchConfig, claim, counts, device_for, effective_budget, open_study
+
+
+def task_file(name: str) -> str | None:
+    return str(Path(name).resolve()) if name.endswith((".yaml", ".yml")) else None
+
+
+class Objective:
+    """One trial: sample a placement, train the prompt on train, report dev scores to the pruner, keep the prompt."""
+
+    def __init__(self, cfg: SearchConfig, device: str | None):
+        self.cfg = cfg
+        self.space = load_space(cfg.space)
+        self.task = get_task(cfg.task)
+        self.backbone = load_backbone(cfg.model, device, cfg.trust_remote_code)
+        self.budget = effective_budget(cfg, self.space)
+        store_dir = Path(cfg.out) / "artifacts"
+        store_dir.mkdir(parents=True, exist_ok=True)
+        self.store = FileSystemArtifactStore(str(store_dir))
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        plan = self.space.sample(trial, self.backbone.causal)
+        template = plan["template"]
+        trial.set_user_attr("template", template)
+        trial.set_user_attr("placement", placement_class(parse(template)))
+        trial.set_user_attr("n_prompt_tokens", parse(template).n_prompt_tokens)
+        prompt = PromptConfig(template=template, encoder=plan["encoder"], init=plan["init"], seed=self.cfg.seed,
+                              max_length=self.budget["max_length"])
+        train_cfg = TrainConfig(steps=self.budget["steps"], batch_size=self.budget["batch_size"], lr=plan["lr"],
+                                eval_every=self.budget["eval_every"], seed=self.cfg.seed)
+        run = prepare(self.task, self.backbone, prompt, self.cfg.data_dir)
+        is_reference = "reference" in trial.user_attrs
+
+        def report(step: int, score: float) -> bool:
+            trial.report(score, step)
+            return is_reference or not trial.should_prune()
+
+        result = fit(run, train_cfg, report, progress=False)
+        trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
+        trial.set_user_attr("steps", result.steps_done)
+        trial.set_user_attr("dev", result.dev)
+        if result.stopped_early:
+            trial.set_user_attr("reason", f"pruned at step {result.steps_done}")
+            raise optuna.TrialPruned()
+        meta = metadata(run, train_cfg, result, None, task_file(self.cfg.task),
+                        {"study": self.cfg.study_name, "trial": trial.number})
+        self._keep(trial, run, meta)
+        return result.dev[self.task.primary_metric]
+
+    def _keep(self, trial: optuna.Trial, run, meta: dict) -> None:
+        """Store the trial's artifact in the study's artifact store, so export needs no retraining."""
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = export(Path(tmp) / "artifact", run, meta)
+            ids = {name: upload_artifact(artifact_store=self.store, file_path=str(folder / name),
+                                         study_or_trial=trial)
+                   for name in (artifact.META_FILE, artifact.WEIGHTS_FILE)}
+        trial.set_user_attr(ARTIFACT_ATTR, ids)
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> tuple[str, str | None]:
+    """Run one claimed trial and tell the study; a failing trial never ends the worker."""
+    try:
+        with Heartbeat(study, trial):
+            value = objective(trial)
+        study.tell(trial, value)
+        return "complete", None
+    except optuna.TrialPruned:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return "pruned", None
+    except NonFiniteLoss as exc:
+        reason = f"non-finite loss: {exc}"
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        reason = "CUDA out of memory"
+    except AutoplaceError as exc:
+        reason = str(exc)
+    except Exception as exc:  # a bug or a broken backbone: keep the study alive, keep the evidence
+        reason = f"{type(exc).__name__}: {exc}"
+        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+    trial.set_user_attr("reason", reason)
+    trial.set_user_attr("failure", reason.split(":")[0])  # the kind, to tell "every trial fails alike"
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    return "fail", reason
+
+
+
+def work(cfg: SearchConfig, worker: int = 0) -> dict:
+    """Claim and run trials until none are left (or --timeout); returns what this worker did."""
+    if cfg.devices:
+        device = device_for(worker, cfg.devices)
+        if device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(device))
+    else:
+        device = None
+    objective = Objective(cfg, device)
+    study = open_study(cfg, objective.space, objective.backbone.causal)
+    study.set_user_attr("artifacts", str((Path(cfg.out) / "artifacts").resolve()))
+    start, done, failures = time.time(), {"complete": 0, "pruned": 0, "fail": 0}, []
+    total = study.user_attrs["n_trials"]
+    show = cfg.progress if cfg.progress is not None else None
+    with tqdm(total=total, desc="trials", disable=(worker != 0) or (None if show is None else not show)) as bar:
+        while cfg.timeout is None or time.time() - start < cfg.timeout:
+            optuna.storages.fail_stale_trials(study)
+            trial = claim(study)
+            if trial is None:
+                break
+            state, reason = run_trial(study, trial, objective)
+            done[state] += 1
+            if reason:
+                failures.append(reason)
+                if _all_failed_alike(study, reason):
+                    raise AutoplaceError(f"every trial so far failed the same way: {reason}")
+            c = counts(study)
+            bar.n = c["complete"] + c["pruned"]
+            bar.refresh()
+    return {"worker": worker, **done, "failures": failures}
+
+
+def _all_failed_alike(study: optuna.Study, reason: str, at_least: int = 3) -> bool:
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    kind = reason.split(":")[0]
+    return len(trials) >= at_least and all(t.state == optuna.trial.TrialState.FAIL and
+                                           t.user_attrs.get("failure") == kind for t in trials)
