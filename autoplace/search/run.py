@@ -103,6 +103,7 @@ def trial_files(study: optuna.Study, trial: optuna.trial.FrozenTrial, folder: Pa
     if not store_dir or not Path(store_dir).is_dir():
         raise AutoplaceError(f"artifact store {store_dir} not found (pass --artifacts DIR)")
     store = FileSystemArtifactStore(store_dir)
+    folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, artifact_id in ids.items():
         files[name] = folder / name

@@ -185,7 +185,7 @@ def load_space(path: str | Path) -> SearchSpace:
         raise AutoplaceError(f"search space {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise AutoplaceError(f"search space {path}{f' line {mark.line + 1}' if mark else ''}: not valid YAML") from None
+        raise AutoplaceError(f"search space {path}{f' line {mark.line + 1}' if mark else ''}: not valid YAML ({exc.problem or exc})") from None
     if not isinstance(spec, dict):
         raise AutoplaceError(f"search space {path}: expected a mapping of keys")
     spec["__path__"] = str(path)

@@ -30,6 +30,7 @@ def default_url(out_dir: str | Path) -> str:
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if url.startswith("journal:"):
         path = url.removeprefix("journal:").removeprefix("//")
         if not path:

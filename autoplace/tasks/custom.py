@@ -27,7 +27,7 @@ def load_task_file(path: str | Path) -> Task:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise AutoplaceError(f"task file {path}{where}: not valid YAML") from None
+        raise AutoplaceError(f"task file {path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
     except OSError as exc:
         raise AutoplaceError(f"task file {path}: {exc.strerror}") from None
 

@@ -1,0 +1,196 @@
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autoplace.cli import main
+from autoplace.search.space import load_space
+from conftest import REPO
+
+GOOD_LR_SPACE = """
+skeleton: "<start> {sentence} <after:sentence> It was <before:answer> [MASK] <end>"
+slots: {min: 1, max: 2}
+length: {min: 2, max: 4}
+encoder: [none, mlp]
+lr: {low: %s, high: %s, log: true}
+budget: {steps: 20, eval_every: 5, batch_size: 8, max_length: 64}
+reference: {total_length: 4, lr: 0.05, encoder: none, init: vocab}
+"""
+
+
+@pytest.fixture
+def space_file(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(GOOD_LR_SPACE % (1e-3, 5e-2))
+    return path
+
+
+def search(task, space, out, *extra, model="tiny-gpt2"):
+    return main(["search", "--task", str(task), "--space", str(space), "--model", model, "--out", str(out), *extra])
+
+
+def study_of(out, name="autoplace-toy"):
+    return optuna.load_study(storage=f"sqlite:///{out}/study.db", study_name=name)
+
+
+def test_search_runs_n_trials_and_writes_best_and_report(capsys, toy_task_file, space_file, tmp_path):
+    out = tmp_path / "s"
+    assert search(toy_task_file, space_file, out, "--n-trials", "7", "--confirm-top", "2", "--confirm-seeds", "2") == 0
+    summary = json.loads(capsys.readouterr().out)
+    study = study_of(out)
+    trials = study.get_trials()
+    assert len(trials) == 7 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    # the reference points come first, in the same parameters TPE samples
+    refs = [t.user_attrs.get("reference") for t in trials[:4]]
+    assert refs == ["zero-shot", "start-only", "end-only", "mixed"]
+    assert [t.user_attrs["placement"] for t in trials[:4]] == ["none", "start-only", "end-only", "mixed"]
+    assert trials[1].user_attrs["template"] == "[P:4] {sentence} It was [MASK]"
+    assert all(t.user_attrs["n_prompt_tokens"] == 4 for t in trials[1:4])
+    for t in trials:
+        assert "template" in t.user_attrs and "placement" in t.user_attrs
+    assert all(t.intermediate_values for t in trials[1:])  # every trained trial reported its dev scores
+    best = json.loads((out / "best" / "template.json").read_text())
+    assert best["test"] is not None and best["confirm"]["seeds"] == 2
+    assert best["template"] == summary["template"]
+    report = (out / "report.md").read_text()
+    for section in ("## Top templates", "## Position effect", "| start-only |", "| end-only |", "| mixed |",
+                    "## Parameter importances", "## Confirmation over seeds", "total train steps", "pruned"):
+        assert section in report, section
+    for plot in ("history", "intermediate", "score_vs_cost"):
+        assert (out / f"{plot}.png").stat().st_size > 1000
+    assert (out / "trials.csv").read_text().count("\n") == 8
+
+
+def test_a_hopeless_trial_is_pruned(capsys, toy_task_file, tmp_path):
+    """References train with a good lr; every sampled trial gets an lr too small to learn, so it falls below the
+    median of the finished trials at the same step and is stopped early."""
+    space = tmp_path / "space.yaml"
+    space.write_text(GOOD_LR_SPACE.replace("steps: 20", "steps: 30") % (1e-7, 2e-7))
+    out = tmp_path / "s"
+    assert search(toy_task_file, space, out, "--n-trials", "9", "--pruner", "median") == 0
+    trials = study_of(out).get_trials()
+    sampled = [t for t in trials if "reference" not in t.user_attrs]
+    pruned = [t for t in sampled if t.state == TrialState.PRUNED]
+    assert pruned, [(t.state, t.intermediate_values) for t in trials]
+    assert all(t.user_attrs["steps"] < 30 and t.user_attrs["reason"].startswith("pruned at step") for t in pruned)
+    assert all(t.state == TrialState.COMPLETE for t in trials if "reference" in t.user_attrs)
+
+
+def test_rerun_resumes_and_loses_nothing(capsys, toy_task_file, space_file, tmp_path):
+    out = tmp_path / "s"
+    assert search(toy_task_file, space_file, out, "--n-trials", "5") == 0
+    first = {t.number: (t.state, t.value, t.user_attrs.get("autoplace_artifact")) for t in study_of(out).trials}
+    assert search(toy_task_file, space_file, out, "--n-trials", "5") == 0  # same command: nothing new to do
+    assert len(study_of(out).trials) == 5
+    assert search(toy_task_file, space_file, out, "--n-trials", "7") == 0  # a larger budget continues the study
+    trials = study_of(out).trials
+    assert len(trials) == 7
+    assert {t.number: (t.state, t.value, t.user_attrs.get("autoplace_artifact")) for t in trials[:5]} == first
+
+
+def test_two_workers_share_one_journal_storage(capsys, toy_task_file, space_file, tmp_path):
+    out = tmp_path / "s"
+    storage = f"journal:///{tmp_path}/study.log"
+    assert search(toy_task_file, space_file, out, "--n-trials", "6", "--workers", "2", "--storage", storage) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert sorted(w["worker"] for w in summary["workers"]) == [0, 1]
+    assert sum(w["complete"] + w["pruned"] for w in summary["workers"]) == 6
+    study = optuna.load_study(storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(f"{tmp_path}/study.log")), study_name="autoplace-toy")
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == list(range(6))
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+
+
+def test_export_then_train_from_it_then_eval(capsys, toy_task_file, space_file, tmp_path):
+    out = tmp_path / "s"
+    assert search(toy_task_file, space_file, out, "--n-trials", "5") == 0
+    capsys.readouterr()
+    storage = f"sqlite:///{out}/study.db"
+    assert main(["export", "--storage", storage, "--study-name", "autoplace-toy", "--out", str(tmp_path / "e"),
+                 "--trial", "2"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    meta = json.loads((tmp_path / "e" / "template.json").read_text())
+    assert exported["trial"] == 2 and meta["trial"] == 2 and meta["test"] is None  # never scored on test in a trial
+    assert meta["template"] == study_of(out).trials[2].user_attrs["template"]
+    assert main(["eval", str(tmp_path / "e")]) == 0
+    assert json.loads(capsys.readouterr().out)["acc"] == pytest.approx(study_of(out).trials[2].value)
+    assert main(["train", "--task", str(toy_task_file), "--template", str(tmp_path / "e"), "--steps", "5",
+                 "--out", str(tmp_path / "t")]) == 0
+    assert json.loads((tmp_path / "t" / "template.json").read_text())["template"] == meta["template"]
+    assert main(["export", "--storage", storage, "--study-name", "autoplace-toy", "--out", str(tmp_path / "p"),
+                 "--trial", "1", "--format", "peft"]) == 0  # trial 1 is the start-only reference: a prefix
+    assert (tmp_path / "p" / "adapter_config.json").is_file()
+    assert main(["export", "--storage", storage, "--study-name", "autoplace-toy", "--out", str(tmp_path / "q"),
+                 "--trial", "3", "--format", "peft"]) == 2  # end-only: PEFT can only prepend
+    assert "PEFT" in capsys.readouterr().err and not (tmp_path / "q").exists()
+
+
+def test_test_split_is_read_only_after_the_search(monkeypatch, capsys, toy_task_file, space_file, tmp_path):
+    from autoplace.search import run as search_run
+    from autoplace.tasks.base import Task
+    events = []
+    original_load, original_choose = Task.load_split, search_run.choose_winner
+
+    def spy_load(self, split, data_dir=None):
+        events.append(split)
+        return original_load(self, split, data_dir)
+
+    def spy_choose(cfg, study, objective):
+        events.append(("choose", len(study.trials), all(t.state.is_finished() for t in study.trials)))
+        return original_choose(cfg, study, objective)
+
+    monkeypatch.setattr(Task, "load_split", spy_load)
+    monkeypatch.setattr(search_run, "choose_winner", spy_choose)
+    assert search(toy_task_file, space_file, tmp_path / "s", "--n-trials", "5", "--confirm-top", "1",
+                  "--confirm-seeds", "1") == 0
+    choose_at = next(i for i, e in enumerate(events) if isinstance(e, tuple))
+    assert events[choose_at] == ("choose", 5, True)
+    assert "test" not in events[:choose_at] and events.count("test") == 1
+    assert events.index("test") > choose_at
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("skeleton: 5\n", "key 'skeleton' is required"),
+    ('skeleton: "{sentence} [MASK]"\n', "has no <place> markers"),
+    ('skeleton: "<a> {sentence} [MASK]"\nlength: {min: 2, max: 99}\n', "key 'length' must stay within 1-64"),
+    ('skeleton: "<a> {sentence} [MASK]"\nencoder: [gru]\n', "key 'encoder' must be a non-empty list"),
+    ('skeleton: "<a> {sentence} [MASK]"\nbudget: {steps: -3}\n', "key 'budget.steps' must be positive"),
+    ('skeleton: "<a> {sentence} [MASK]"\nbudget: {stepz: 3}\n', "key 'budget.stepz' is not a known key"),
+    ('skeleton: "<a> {sentence} [MASK]"\nslots: 3\n', "key 'slots' must be a mapping with min and max"),
+    ('skeleton: "<a> {sentence [MASK]"\n', "key 'skeleton' is not a valid template"),
+    ("skeleton: [unclosed\n", "not valid YAML"),
+])
+def test_bad_space_yaml_gives_one_line(capsys, toy_task_file, tmp_path, body, needle):
+    (tmp_path / "bad.yaml").write_text(body)
+    assert search(toy_task_file, tmp_path / "bad.yaml", tmp_path / "s") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "bad.yaml" in err[0], err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("notaurl", "not a storage URL"),
+    ("redis://localhost/0", "not a storage URL"),
+    ("postgresql://bob:hunter2@127.0.0.1:1/none", "cannot be opened"),
+    ("journal:", "needs a file path"),
+])
+def test_bad_storage_url_gives_one_line_without_password(capsys, toy_task_file, space_file, tmp_path, url, needle):
+    assert search(toy_task_file, space_file, tmp_path / "s", "--storage", url) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "hunter2" not in err[0], err
+
+
+def test_shipped_spaces_load_and_build_references():
+    for path in sorted((REPO / "search_spaces").glob("*.yaml")):
+        space = load_space(path)
+        names = [name for name, _ in space.references(causal=True)]
+        assert names[0] == "zero-shot" and "start-only" in names and "end-only" in names, path
+    nli = load_space(REPO / "search_spaces" / "nli.yaml")
+    refs = dict(nli.references(causal=True))
+    assert set(refs) == {"zero-shot", "start-only", "middle-only", "end-only", "mixed"}
+    assert nli.usable_places(causal=False)[-1] == "end" and "end" not in nli.usable_places(causal=True)
+    assert nli.render({"start": 2, "after:premise": 3}) == \
+        "[P:2] {premise} [P:3] Question: {hypothesis}? Answer: [MASK]"
