@@ -50,7 +50,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
     except ImportError as exc:
         raise AutoplaceError(f"storage {redact(url)!r}: database driver missing ({exc.name}); "
-                             "pip install psycopg2-binary for PostgreSQL") from None
+                             "pip install 'psycopg[binary]' for PostgreSQL") from None
     except Exception as exc:  # sqlalchemy OperationalError, ArgumentError...
         first = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
         raise AutoplaceError(f"storage {redact(url)!r} cannot be opened: {first}") from None
