@@ -26,6 +26,8 @@ def add_commands(sub, common, positive) -> None:
     p.add_argument("--confirm-top", type=int, default=0, help="retrain the k best templates over several seeds")
     p.add_argument("--confirm-seeds", type=positive(int), default=3)
     p.add_argument("--out", default="runs/search", help="folder for the study, best/, report.md")
+    p.add_argument("--artifacts", default=None, help="where trial prompts are stored (default OUT/artifacts; "
+                                                     "a shared folder when several machines join one study)")
     common(p)
     p.set_defaults(handler=cmd_search)
 
@@ -44,7 +46,8 @@ def _study_args(p) -> None:
     p.add_argument("--storage", required=True)
     p.add_argument("--study-name", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--artifacts", default=None, help="the study's artifact store (default: where search put it)")
+    p.add_argument("--artifacts", default=None, help="the artifact store, if it moved (default: where each trial "
+                                                     "recorded it)")
 
 
 def cmd_search(args) -> None:
@@ -65,7 +68,8 @@ def cmd_search(args) -> None:
                        timeout=args.timeout, seed=args.seed, pruner=args.pruner, workers=args.workers,
                        devices=devices or ([args.device] if args.device else []), steps=args.steps,
                        eval_every=args.eval_every, batch_size=args.batch_size, confirm_top=args.confirm_top,
-                       confirm_seeds=args.confirm_seeds, trust_remote_code=args.trust_remote_code)
+                       confirm_seeds=args.confirm_seeds, artifacts=args.artifacts,
+                       trust_remote_code=args.trust_remote_code)
     print(json.dumps(search(cfg)))
 
 

@@ -95,11 +95,11 @@ def retrain(cfg: SearchConfig, objective: Objective, trial: optuna.trial.FrozenT
 def trial_files(study: optuna.Study, trial: optuna.trial.FrozenTrial, folder: Path,
                 artifacts: str | None = None) -> dict[str, Path]:
     """Download a trial's stored artifact files from the study's artifact store."""
-    ids = trial.user_attrs.get(ARTIFACT_ATTR)
-    if trial.state != TrialState.COMPLETE or not ids:
+    stored = trial.user_attrs.get(ARTIFACT_ATTR)
+    if trial.state != TrialState.COMPLETE or not stored:
         raise AutoplaceError(f"trial {trial.number} is {trial.state.name.lower()} and has no stored prompt "
                              "(only completed trials keep theirs)")
-    store_dir = artifacts or study.user_attrs.get("artifacts")
+    store_dir, ids = artifacts or stored["store"], stored["ids"]
     if not store_dir or not Path(store_dir).is_dir():
         raise AutoplaceError(f"artifact store {store_dir} not found (pass --artifacts DIR)")
     store = FileSystemArtifactStore(store_dir)

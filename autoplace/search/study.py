@@ -44,6 +44,7 @@ class SearchConfig:
     batch_size: int | None = None
     confirm_top: int = 0
     confirm_seeds: int = 3
+    artifacts: str | None = None   # the Optuna artifact store folder (shared storage when several machines join)
     progress: bool | None = None
     trust_remote_code: bool = False
 

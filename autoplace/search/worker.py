@@ -36,9 +36,9 @@ class Objective:
         self.task = get_task(cfg.task)
         self.backbone = load_backbone(cfg.model, device, cfg.trust_remote_code)
         self.budget = effective_budget(cfg, self.space)
-        store_dir = Path(cfg.out) / "artifacts"
-        store_dir.mkdir(parents=True, exist_ok=True)
-        self.store = FileSystemArtifactStore(str(store_dir))
+        self.store_dir = Path(cfg.artifacts or Path(cfg.out) / "artifacts").resolve()
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.store = FileSystemArtifactStore(str(self.store_dir))
 
     def __call__(self, trial: optuna.Trial) -> float:
         plan = self.space.sample(trial, self.backbone.causal)
@@ -76,7 +76,7 @@ class Objective:
             ids = {name: upload_artifact(artifact_store=self.store, file_path=str(folder / name),
                                          study_or_trial=trial)
                    for name in (artifact.META_FILE, artifact.WEIGHTS_FILE)}
-        trial.set_user_attr(ARTIFACT_ATTR, ids)
+        trial.set_user_attr(ARTIFACT_ATTR, {"store": str(self.store_dir), "ids": ids})
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> tuple[str, str | None]:
@@ -116,7 +116,6 @@ def work(cfg: SearchConfig, worker: int = 0) -> dict:
         device = None
     objective = Objective(cfg, device)
     study = open_study(cfg, objective.space, objective.backbone.causal)
-    study.set_user_attr("artifacts", str((Path(cfg.out) / "artifacts").resolve()))
     start, done, failures = time.time(), {"complete": 0, "pruned": 0, "fail": 0}, []
     total = study.user_attrs["n_trials"]
     show = cfg.progress if cfg.progress is not None else None
