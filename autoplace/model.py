@@ -3,6 +3,10 @@
 Lean scoring: the trunk runs once; only the hidden state at the answer position is read, and it is multiplied by the
 LM-head rows of the label words only (cloze: the full head at that one position). Full-vocabulary logits at every
 position would cost ~20% of a SmolLM2 step for nothing.
+
+Prefix cache (causal LMs): the text before each example's first prompt slot does not depend on the prompt, so its
+key/values come from a cache shared by everything on the backbone (see prefix_cache.py) and only the rest of the
+example runs with autograd. ``use_prefix_cache=False`` turns it off; the result is the same either way.
 """
 from __future__ import annotations
 
@@ -12,14 +16,17 @@ from torch import nn
 from .backbones import Backbone
 from .encoders import PromptEncoder
 from .encoding import NO_SLOT
+from .prefix_cache import first_slot, rest_of, shared_cache
 
 
 class PromptedModel(nn.Module):
-    def __init__(self, backbone: Backbone, encoder: PromptEncoder, label_ids: list[int] | None):
+    def __init__(self, backbone: Backbone, encoder: PromptEncoder, label_ids: list[int] | None,
+                 use_prefix_cache: bool = True):
         super().__init__()
         self.backbone = backbone           # a dataclass, not a submodule: state_dict() holds only the prompt
         self.encoder = encoder
         self.cloze = label_ids is None
+        self.use_prefix_cache = use_prefix_cache
         self.register_buffer("label_ids", torch.tensor(label_ids or [], dtype=torch.long), persistent=False)
 
     def embed(self, input_ids: torch.Tensor, slot_ids: torch.Tensor) -> torch.Tensor:
@@ -33,10 +40,25 @@ class PromptedModel(nn.Module):
 
     def forward(self, input_ids, slot_ids, attention_mask, answer, **_) -> torch.Tensor:
         """Scores: (batch, n_labels) for classification, (batch, vocab) for cloze."""
-        embeds = self.embed(input_ids, slot_ids)
-        hidden = self.backbone.trunk(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
-        at_answer = hidden[torch.arange(hidden.shape[0], device=hidden.device), answer]
-        return self.score(at_answer)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        cut = first_slot(slot_ids) if self.prefix_cache is not None else None
+        if cut is None or not cut.any():  # nothing before the first slot to reuse
+            embeds = self.embed(input_ids, slot_ids)
+            hidden = self.backbone.trunk(inputs_embeds=embeds, attention_mask=attention_mask,
+                                         use_cache=False).last_hidden_state
+            return self.score(hidden[rows, answer])
+        past, past_mask = self.prefix_cache.past(self.backbone, input_ids, cut)  # no autograd, cached per example
+        positions, mask, ids, slots = rest_of(cut, attention_mask, input_ids, slot_ids)
+        hidden = self.backbone.trunk(inputs_embeds=self.embed(ids, slots), position_ids=positions, cache=past,
+                                     attention_mask=torch.cat([past_mask, mask], 1), use_cache=True).last_hidden_state
+        return self.score(hidden[rows, answer - cut])
+
+    @property
+    def prefix_cache(self):
+        """The backbone's shared prefix cache, or None where it does not apply (off, masked LM, no prompt)."""
+        applies = self.use_prefix_cache and self.backbone.causal and self.encoder.n_tokens > 0
+        cache = shared_cache(self.backbone) if applies else None
+        return cache if cache is not None and cache.supported else None
 
     def score(self, at_answer: torch.Tensor) -> torch.Tensor:
         head = self.backbone.head

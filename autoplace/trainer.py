@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
@@ -69,16 +70,9 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
             order += torch.randperm(len(train_items), generator=order_rng).tolist()
         batch = collate([train_items[i] for i in order[:cfg.batch_size]], pad, device)
         del order[:cfg.batch_size]
-        with autocast(device):
-            scores = model(**batch)
-        loss = F.cross_entropy(scores.float(), batch["label"])
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"loss is {loss.item()} at step {step}")
-        losses.append(loss.item())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
+        losses.append(train_step(model, batch, optimizer, cfg.max_grad_norm))
+        if not math.isfinite(losses[-1]):
+            raise NonFiniteLoss(f"loss is {losses[-1]} at step {step}")
         if step % cfg.eval_every == 0 or step == steps:
             dev = evaluate(model, task, dev_items, cfg.eval_batch_size)[0]
             score = dev[task.primary_metric]
@@ -96,6 +90,21 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
     elif best[3] is not None:
         model.encoder.load_state_dict(best[3])
     return TrainResult(best[2], best[1], step if params else 0, seconds, history, losses, stopped)
+
+
+def train_step(model: PromptedModel, batch: dict, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:
+    """One optimizer step on one batch; returns the loss. A non-finite loss leaves the prompt unchanged."""
+    with autocast(model.backbone.device):
+        scores = model(**batch)
+    loss = F.cross_entropy(scores.float(), batch["label"])
+    value = loss.item()
+    if math.isfinite(value):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+    return value
 
 
 @torch.no_grad()

@@ -54,11 +54,11 @@ def cmd_search(args) -> None:
     from ..tasks import get_task
     from .run import search
     from .space import default_space_path, load_space
-    from .storage import default_url
+    from .storage import default_url, open_storage
     from .study import SearchConfig
     task = get_task(args.task)
     space = args.space or str(default_space_path(task.name))
-    load_space(space)  # a bad YAML fails here, before any model loads
+    load_space(space).check(task)  # a bad space fails here, before any model loads or file is written
     name = args.study_name or f"autoplace-{re.sub(r'[^A-Za-z0-9_-]', '-', Path(task.name).stem)}"
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else []
     if args.confirm_top < 0:
@@ -70,6 +70,7 @@ def cmd_search(args) -> None:
                        eval_every=args.eval_every, batch_size=args.batch_size, confirm_top=args.confirm_top,
                        confirm_seeds=args.confirm_seeds, artifacts=args.artifacts,
                        trust_remote_code=args.trust_remote_code)
+    open_storage(cfg.storage)  # a bad URL fails before OUT is created
     print(json.dumps(search(cfg)))
 
 

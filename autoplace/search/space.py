@@ -15,7 +15,7 @@ import yaml
 
 from ..encoders import ENCODERS, INITS
 from ..errors import AutoplaceError
-from ..template import Mask, TemplateError, parse, placement_class
+from ..template import Mask, TemplateError, parse, placement_class, validate
 
 MARKER = re.compile(r"<([A-Za-z][A-Za-z0-9_:\-]*)>")
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -72,6 +72,13 @@ class SearchSpace:
 
     def place_class(self, place: str) -> str:
         return placement_class(parse(self.render({place: 1})))
+
+    def check(self, task) -> None:
+        """The skeleton's fields must be the task's."""
+        try:
+            validate(parse(self.manual_template), task.fields, causal=False)
+        except TemplateError as exc:
+            raise AutoplaceError(f"search space {self.path}: skeleton does not fit task {task.name}: {exc}") from None
 
     # -- sampling --------------------------------------------------------------------------------------------
     def combos(self, places: list[str], k: int) -> list[str]:
