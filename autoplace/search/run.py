@@ -23,11 +23,12 @@ from .study import ARTIFACT_ATTR, SearchConfig, counts, effective_budget, open_s
 from .worker import Objective, task_file, work
 
 
-def search(cfg: SearchConfig) -> dict:
+def search(cfg: SearchConfig, task=None) -> dict:
+    """task: a Task object to use instead of resolving cfg.task (in-process callers, e.g. benchmarks on subsets)."""
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     start = time.time()
     if cfg.workers == 1:
-        work_done = [work(cfg, 0)]
+        work_done = [work(cfg, 0, task)]
     else:
         from joblib import Parallel, delayed
         open_study(cfg, load_space(cfg.space), is_causal(cfg.model, cfg.trust_remote_code))  # create before forking
@@ -37,7 +38,7 @@ def search(cfg: SearchConfig) -> dict:
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         raise AutoplaceError(f"study {cfg.study_name!r} has no completed trial; nothing to export "
                              f"(trial states: {counts(study)})")
-    objective = Objective(cfg, cfg.devices[0] if cfg.devices else None)
+    objective = Objective(cfg, cfg.devices[0] if cfg.devices else None, task)
     run, meta = choose_winner(cfg, study, objective)
     meta["test"] = run.evaluate("test")  # the only time the test split is read
     best = export(Path(cfg.out) / "best", run, meta)

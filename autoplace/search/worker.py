@@ -30,10 +30,10 @@ def task_file(name: str) -> str | None:
 class Objective:
     """One trial: sample a placement, train the prompt on train, report dev scores to the pruner, keep the prompt."""
 
-    def __init__(self, cfg: SearchConfig, device: str | None):
+    def __init__(self, cfg: SearchConfig, device: str | None, task=None):
         self.cfg = cfg
         self.space = load_space(cfg.space)
-        self.task = get_task(cfg.task)
+        self.task = task or get_task(cfg.task)
         self.backbone = load_backbone(cfg.model, device, cfg.trust_remote_code)
         self.budget = effective_budget(cfg, self.space)
         self.store_dir = Path(cfg.artifacts or Path(cfg.out) / "artifacts").resolve()
@@ -106,7 +106,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) ->
 
 
 
-def work(cfg: SearchConfig, worker: int = 0) -> dict:
+def work(cfg: SearchConfig, worker: int = 0, task=None) -> dict:
     """Claim and run trials until none are left (or --timeout); returns what this worker did."""
     if cfg.devices:
         device = device_for(worker, cfg.devices)
@@ -114,7 +114,7 @@ def work(cfg: SearchConfig, worker: int = 0) -> dict:
             torch.cuda.set_device(torch.device(device))
     else:
         device = None
-    objective = Objective(cfg, device)
+    objective = Objective(cfg, device, task)
     study = open_study(cfg, objective.space, objective.backbone.causal)
     start, done, failures = time.time(), {"complete": 0, "pruned": 0, "fail": 0}, []
     total = study.user_attrs["n_trials"]
