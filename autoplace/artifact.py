@@ -5,6 +5,7 @@ version and the SHA-256 of the weights, checked on load. No pickle anywhere.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -36,49 +37,44 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def save(out_dir: str | Path, state: dict[str, torch.Tensor], meta: dict) -> Path:
-    """Atomically write an artifact folder (replacing an older one at the same path only once complete)."""
+@contextlib.contextmanager
+def staged(out_dir: str | Path):
+    """Yield an empty temporary folder beside out_dir; on success it replaces out_dir in one rename."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        yield tmp
+        if out_dir.exists():  # replace an older folder only once the new one is whole
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save(out_dir: str | Path, state: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Atomically write an artifact folder."""
+    with staged(out_dir) as tmp:
         weights = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
         save_file(weights, tmp / WEIGHTS_FILE)
         meta = {"format_version": FORMAT_VERSION, **meta, "weights_sha256": sha256(tmp / WEIGHTS_FILE),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions()}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        _publish(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return Path(out_dir)
 
 
 def install(files: dict[str, Path], out_dir: str | Path) -> Path:
     """Copy an artifact's files (e.g. downloaded from a study's artifact store) into place, checked and atomic."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged(out_dir) as tmp:
         for name, src in files.items():
             shutil.copyfile(src, tmp / name)
         load_weights(tmp, read_meta(tmp))  # refuse to publish a damaged artifact
-        _publish(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Rename a complete folder into place; an older artifact there is replaced only once the new one is whole."""
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out_dir)
+    return Path(out_dir)
 
 
 def is_artifact(path: str | Path) -> bool:

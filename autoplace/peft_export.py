@@ -27,14 +27,12 @@ The folder is written to a temporary sibling and renamed into place, like autopl
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from .artifact import staged
 from .errors import AutoplaceError
 from .runner import Prompted
 from .template import Slot, Text
@@ -87,21 +85,8 @@ def export_peft(run: Prompted, out_dir: str | Path) -> Path:
             "usage": "peft.PeftModel.from_pretrained(base_model, this_folder); feed autoplace's token ids without "
                      "the slot positions, right-padded, and read the logits at the last real position"}
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged(out_dir) as tmp:
         config.save_pretrained(str(tmp))
         save_file({"prompt_embeddings": vectors}, tmp / SAFETENSORS_WEIGHTS_NAME, metadata={"format": "pt"})
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return Path(out_dir)
