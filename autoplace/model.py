@@ -41,13 +41,14 @@ class PromptedModel(nn.Module):
     def forward(self, input_ids, slot_ids, attention_mask, answer, **_) -> torch.Tensor:
         """Scores: (batch, n_labels) for classification, (batch, vocab) for cloze."""
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        cut = first_slot(slot_ids) if self.prefix_cache is not None else None
+        cache = self.prefix_cache
+        cut = first_slot(slot_ids) if cache is not None else None
         if cut is None or not cut.any():  # nothing before the first slot to reuse
-            embeds = self.embed(input_ids, slot_ids)
-            hidden = self.backbone.trunk(inputs_embeds=embeds, attention_mask=attention_mask,
-                                         use_cache=False).last_hidden_state
+            no_kv = {"use_cache": False} if self.backbone.causal else {}  # a causal trunk would keep a K/V copy
+            hidden = self.backbone.trunk(inputs_embeds=self.embed(input_ids, slot_ids), attention_mask=attention_mask,
+                                         **no_kv).last_hidden_state
             return self.score(hidden[rows, answer])
-        past, past_mask = self.prefix_cache.past(self.backbone, input_ids, cut)  # no autograd, cached per example
+        past, past_mask = cache.past(self.backbone, input_ids, cut)  # no autograd, cached per example
         positions, mask, ids, slots = rest_of(cut, attention_mask, input_ids, slot_ids)
         hidden = self.backbone.trunk(inputs_embeds=self.embed(ids, slots), position_ids=positions, cache=past,
                                      attention_mask=torch.cat([past_mask, mask], 1), use_cache=True).last_hidden_state

@@ -16,6 +16,7 @@ The attention mask covers both parts (zeros at the pads); the rest's position id
 """
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections import OrderedDict
 
@@ -31,12 +32,11 @@ DEFAULT_MAX_BYTES = 1 << 30  # per backbone; least recently used prefixes are dr
 class PrefixCache:
     """Key/values of prefixes on one frozen causal backbone: token ids -> (layers, 2, kv heads, length, head dim)."""
 
-    def __init__(self, config, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(self, trunk: torch.nn.Module, max_bytes: int = DEFAULT_MAX_BYTES):
         self.max_bytes = max_bytes
         self.store: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.bytes = self.hits = self.misses = 0
-        layers = DynamicCache(config=config).layers
-        self.supported = bool(layers) and all(type(layer) is DynamicLayer for layer in layers)  # no sliding windows
+        self.supported = _supported(trunk)
 
     def clear(self) -> None:
         self.store.clear()
@@ -107,8 +107,18 @@ _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def shared_cache(backbone) -> PrefixCache:
     """One cache per loaded backbone, shared by every model, template and trial on it."""
     if backbone.model not in _SHARED:
-        _SHARED[backbone.model] = PrefixCache(backbone.model.config)
+        _SHARED[backbone.model] = PrefixCache(backbone.trunk)
     return _SHARED[backbone.model]
+
+
+def _supported(trunk: torch.nn.Module) -> bool:
+    """Full attention in every layer (no sliding windows), through the transformers 5 ``cache=`` interface."""
+    try:
+        layers = DynamicCache(config=trunk.config).layers
+        takes_cache = "cache" in inspect.signature(trunk.forward).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return takes_cache and bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
 def _precision(device: torch.device):
