@@ -14,6 +14,10 @@ def _fmt(value, digits=3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _metrics(metrics: dict | None) -> str:
+    return "–" if not metrics else ", ".join(f"{name} {_fmt(value)}" for name, value in metrics.items())
+
+
 def position_table(trials) -> list[dict]:
     """Per placement class: trials, completed, best and mean dev (the P-tuning paper's table)."""
     rows = []
@@ -40,8 +44,8 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
     final = study.user_attrs.get("final")
     if final:
         lines += ["## Winner", "", f"`{final['template']}`", "",
-                  f"dev {final['dev']} · **test {final['test']}** (the test split is scored once, for the winner only)",
-                  f"· search wall time {final.get('search_seconds', '–')} s", ""]
+                  f"dev {_metrics(final['dev'])} · **test {_metrics(final['test'])}** (the test split is scored once, "
+                  f"for the winner only) · search wall time {final.get('search_seconds', '–')} s", ""]
     lines += ["## Top templates", "", "| # | trial | template | placement | encoder | init | dev | train s |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for rank, t in enumerate(complete[:top], 1):
