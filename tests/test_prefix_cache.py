@@ -142,3 +142,26 @@ def test_training_and_prediction_with_the_cache_match_without(tiny_gpt2, toy_tas
         runs.append((result.losses, predict(model, dev, batch_size=5)))
     torch.testing.assert_close(runs[1][0], runs[0][0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(runs[1][1], runs[0][1], rtol=1e-4, atol=1e-5)
+
+
+def test_repeated_examples_in_a_batch_share_one_entry(tiny_gpt2, toy_task_file):
+    cache = shared_cache(tiny_gpt2)
+    cache.clear()
+    task, feat, model = _model(tiny_gpt2, toy_task_file, MIDDLE)
+    _, batch = _batch(feat, tiny_gpt2, ["bad", "the movie was good", "bad", ""])
+    _assert_same(model, batch, rtol=1e-5, atol=1e-5)
+    assert len(cache.store) == 2
+
+
+def test_autocast_key_values_are_kept_apart_from_full_precision_ones(tiny_gpt2, toy_task_file):
+    cache = shared_cache(tiny_gpt2)
+    cache.clear()
+    task, feat, model = _model(tiny_gpt2, toy_task_file, END)
+    _, batch = _batch(feat, tiny_gpt2, SENTENCES[:3])
+    full = model(**batch).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = model(**batch).float().detach()
+        model.use_prefix_cache = False
+        half_plain = model(**batch).float().detach()
+    assert len(cache.store) == 6 and {t.dtype for t in cache.store.values()} == {torch.float32, torch.bfloat16}
+    torch.testing.assert_close(half, half_plain, rtol=0.02, atol=0.02 * float(full.abs().max()))
