@@ -19,7 +19,7 @@ from ..runner import Prompted, export, fit, load, metadata, prepare
 from ..trainer import TrainConfig
 from .space import load_space
 from .storage import open_storage, redact
-from .study import ARTIFACT_ATTR, SearchConfig, counts, effective_budget, open_study
+from .study import ARTIFACT_ATTR, SearchConfig, counts, open_study
 from .worker import Objective, task_file, work
 
 

@@ -6,12 +6,9 @@ trials and fills the queue up to --n-trials with empty WAITING trials; workers o
 """
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
