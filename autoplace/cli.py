@@ -96,7 +96,8 @@ def _template_source(arg: str | None, task) -> tuple[str, dict | None, str | Non
     if arg is None:
         return task.template, None, None
     if artifact.is_artifact(arg):
-        return artifact.read_meta(arg)["template"], artifact.read_meta(arg), arg
+        meta = artifact.read_meta(arg)
+        return meta["template"], meta, arg
     if os.path.isdir(arg):
         raise AutoplaceError(f"--template {arg}: folder has no {artifact.META_FILE}")
     if os.path.isfile(arg):
