@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ class Backbone:
     model: nn.Module
     tokenizer: object
     causal: bool
+    precision: str = "fp32"  # "bf16": the frozen forward runs under bf16 autocast; prompts and optimizer stay fp32
 
     @property
     def trunk(self) -> nn.Module:
@@ -84,10 +86,24 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_backbone(name: str, device: str | None = None, trust_remote_code: bool = False) -> Backbone:
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """auto: bf16 on CUDA; on CPU fp32, since bf16 is only faster where the CPU has bf16 instructions."""
+    if precision not in PRECISIONS:
+        raise AutoplaceError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
+def load_backbone(name: str, device: str | None = None, trust_remote_code: bool = False,
+                  precision: str = "auto") -> Backbone:
     """Load (once per process) and freeze a backbone: eval mode, no gradients, weights never change."""
     _quiet_transformers()
     device = device or default_device()
+    precision = resolve_precision(precision, device)
     key = (name, device, trust_remote_code)
     if key not in _LOADED:
         model, tokenizer = _load(name, trust_remote_code)
@@ -96,7 +112,9 @@ def load_backbone(name: str, device: str | None = None, trust_remote_code: bool 
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         _LOADED[key] = Backbone(name, model, tokenizer, causal)
-    return _LOADED[key]
+    if (*key, precision) not in _LOADED:  # the weights stay fp32: one loaded model serves either precision
+        _LOADED[(*key, precision)] = dataclasses.replace(_LOADED[key], precision=precision)
+    return _LOADED[(*key, precision)]
 
 
 def is_causal(name: str, trust_remote_code: bool = False) -> bool:

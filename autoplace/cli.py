@@ -35,6 +35,9 @@ def _common(p: argparse.ArgumentParser, model_default: str | None = "smollm2-135
     p.add_argument("--model", default=model_default, help="smollm2-135m (offline default), tiny-gpt2, tiny-bert, "
                                                           "a hub id or a local folder")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="the frozen forward's precision (auto: bf16 on CUDA, fp32 on CPU; bf16 also pays on CPUs "
+                        "with bf16 instructions)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
 
 
@@ -120,7 +123,7 @@ def cmd_train(args) -> None:
                           init_words=[w for w in (args.init_words or "").split(",") if w.strip()],
                           seed=args.seed, max_length=args.max_length)
     model_name = args.model or (source_meta or {}).get("model") or "smollm2-135m"
-    backbone = load_backbone(model_name, args.device, args.trust_remote_code)
+    backbone = load_backbone(model_name, args.device, args.trust_remote_code, args.precision)
     init_state = None
     if source_meta and not args.fresh:
         artifact.check_backbone(source_dir, source_meta, backbone.signature())
@@ -140,7 +143,7 @@ def cmd_train(args) -> None:
 
 def cmd_eval(args) -> None:
     from .runner import load
-    run, meta = load(args.artifact, args.data_dir, args.model, args.device, args.trust_remote_code)
+    run, meta = load(args.artifact, args.data_dir, args.model, args.device, args.trust_remote_code, args.precision)
     print(json.dumps({"artifact": args.artifact, "split": args.split, "template": meta["template"],
                       **run.evaluate(args.split)}))
 
@@ -148,7 +151,7 @@ def cmd_eval(args) -> None:
 def cmd_predict(args) -> None:
     from .runner import load
     from .trainer import predict
-    run, _ = load(args.artifact, args.data_dir, args.model, args.device, args.trust_remote_code)
+    run, _ = load(args.artifact, args.data_dir, args.model, args.device, args.trust_remote_code, args.precision)
     examples = _read_jsonl(args.input, run.task.fields)
     items = run.featurizer.encode_all(examples)
     scores = predict(run.model, items)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from .backbones import Backbone
 from .encoders import PromptEncoder, init_vectors
 from .encoding import Featurizer
@@ -34,7 +36,9 @@ def build(task: Task, backbone: Backbone, cfg: PromptConfig) -> tuple[Featurizer
     word_ids = [i for w in cfg.init_words for i in featurizer.tokens(" " + w.strip())]
     vectors = init_vectors(backbone.embeddings.weight, template.n_prompt_tokens, cfg.init, cfg.seed, word_ids,
                            backbone.tokenizer.all_special_ids)
-    encoder = PromptEncoder(vectors, cfg.encoder if template.n_prompt_tokens else "none")
+    with torch.random.fork_rng(devices=[]):  # the encoder's layers depend on the seed, not on what ran before
+        torch.manual_seed(cfg.seed)
+        encoder = PromptEncoder(vectors, cfg.encoder if template.n_prompt_tokens else "none")
     label_ids = None if task.kind == "cloze" else featurizer.label_ids
     model = PromptedModel(backbone, encoder, label_ids).to(backbone.device)
     return featurizer, model

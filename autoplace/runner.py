@@ -67,11 +67,11 @@ def export(out_dir: str | Path, run: Prompted, meta: dict) -> Path:
 
 
 def load(path: str | Path, data_dir: str | None = None, model: str | None = None, device: str | None = None,
-         trust_remote_code: bool = False) -> tuple[Prompted, dict]:
+         trust_remote_code: bool = False, precision: str = "auto") -> tuple[Prompted, dict]:
     """Rebuild an exported prompt on its backbone; the weights are checked against the artifact's checksum."""
     meta = artifact.read_meta(path)
     weights = artifact.load_weights(path, meta)
     task = get_task(meta.get("task_file") or meta["task"])
-    backbone = load_backbone(model or meta["model"], device, trust_remote_code)
+    backbone = load_backbone(model or meta["model"], device, trust_remote_code, precision)
     artifact.check_backbone(path, meta, backbone.signature())
     return prepare(task, backbone, PromptConfig(**meta["prompt"]), data_dir, weights), meta

@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .backbones import Backbone
 from .encoding import Encoded, collate
 from .errors import AutoplaceError
 from .model import PromptedModel
@@ -48,9 +49,11 @@ class NonFiniteLoss(AutoplaceError):
     pass
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision on CPU, where bf16 is slower."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+def autocast(backbone: Backbone):
+    """The frozen forward in the backbone's precision (bf16 autocast or full fp32)."""
+    if backbone.precision == "bf16":
+        return torch.autocast(backbone.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_items: list[Encoded], cfg: TrainConfig,
@@ -94,7 +97,7 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
 
 def train_step(model: PromptedModel, batch: dict, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:
     """One optimizer step on one batch; returns the loss. A non-finite loss leaves the prompt unchanged."""
-    with autocast(model.backbone.device):
+    with autocast(model.backbone):
         scores = model(**batch)
     loss = F.cross_entropy(scores.float(), batch["label"])
     value = loss.item()
@@ -115,7 +118,7 @@ def predict(model: PromptedModel, items: list[Encoded], batch_size: int = 32) ->
     out = [None] * len(items)
     for lo in range(0, len(order), batch_size):
         idx = order[lo:lo + batch_size]
-        with autocast(device):
+        with autocast(model.backbone):
             scores = model(**collate([items[i] for i in idx], pad, device)).float().cpu()
         for row, i in enumerate(idx):
             out[i] = scores[row]

@@ -105,7 +105,7 @@ class Bench:
         label_ids = torch.tensor(plain_feat.label_ids, device=device)[short["label"]]
 
         def forward():
-            with torch.no_grad(), autocast(device):
+            with torch.no_grad(), autocast(backbone):
                 backbone.model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"], use_cache=False)
         self.steps["a"] = forward
 
@@ -137,7 +137,7 @@ class Bench:
         optimizer = torch.optim.AdamW(params, lr=LR)
 
         def step():
-            with autocast(self.device):
+            with autocast(self.backbone):
                 logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss = F.cross_entropy(logits[:, -1].float(), label_ids)
             optimizer.zero_grad(set_to_none=True)

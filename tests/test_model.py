@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -154,3 +156,38 @@ def test_template_without_slots_is_scored_zero_shot(tiny_gpt2, toy_task_file):
     items = feat.encode_all(task.load_split("dev"))
     result = train(model, task, items, items, TrainConfig(steps=10), progress=False)
     assert result.steps_done == 0 and result.dev == evaluate(model, task, items)[0]
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "lstm"])
+def test_encoder_weights_depend_on_the_seed_only(tiny_gpt2, toy_task_file, encoder):
+    template = "[P:2] {sentence} It was [MASK]"
+    first = _build(toy_task_file, tiny_gpt2, template, encoder=encoder, seed=3)[2].encoder.state_dict()
+    torch.rand(1000)  # whatever ran before must not change a seeded prompt
+    again = _build(toy_task_file, tiny_gpt2, template, encoder=encoder, seed=3)[2].encoder.state_dict()
+    other = _build(toy_task_file, tiny_gpt2, template, encoder=encoder, seed=4)[2].encoder.state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first if k != "mlp.2.weight" and k != "mlp.2.bias")
+
+
+def test_bf16_precision_runs_the_frozen_forward_in_bf16_and_keeps_prompts_fp32(toy_task_file):
+    from autoplace.backbones import load_backbone
+    fp32, bf16 = load_backbone("tiny-gpt2", "cpu"), load_backbone("tiny-gpt2", "cpu", precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16") and fp32.model is bf16.model  # one loaded copy
+    scores = {}
+    for backbone in (fp32, bf16):
+        task, feat, model = _build(toy_task_file, backbone, "[P:2] {sentence} It was [MASK]", encoder="mlp")
+        items = feat.encode_all(task.load_split("train"))
+        seen = []
+        hook = backbone.trunk.h[0].attn.register_forward_hook(lambda m, i, o: seen.append(o[0].dtype))
+        result = train(model, task, items, items, TrainConfig(steps=4, eval_every=2), progress=False)
+        hook.remove()
+        assert math.isfinite(result.losses[-1]) and model.encoder.input.dtype == torch.float32
+        assert set(seen) == {torch.bfloat16 if backbone is bf16 else torch.float32}
+        scores[backbone.precision] = evaluate(model, task, items)[0]["acc"]
+    assert abs(scores["bf16"] - scores["fp32"]) <= 0.25  # same prompts learned, up to bf16 rounding
+
+
+def test_unknown_precision_is_refused():
+    from autoplace.backbones import load_backbone
+    with pytest.raises(AutoplaceError, match="precision 'fp8'"):
+        load_backbone("tiny-gpt2", "cpu", precision="fp8")

@@ -69,7 +69,7 @@ def cmd_search(args) -> None:
                        devices=devices or ([args.device] if args.device else []), steps=args.steps,
                        eval_every=args.eval_every, batch_size=args.batch_size, confirm_top=args.confirm_top,
                        confirm_seeds=args.confirm_seeds, artifacts=args.artifacts,
-                       trust_remote_code=args.trust_remote_code)
+                       trust_remote_code=args.trust_remote_code, precision=args.precision)
     open_storage(cfg.storage)  # a bad URL fails before OUT is created
     print(json.dumps(search(cfg)))
 

@@ -44,6 +44,7 @@ class SearchConfig:
     artifacts: str | None = None   # the Optuna artifact store folder (shared storage when several machines join)
     progress: bool | None = None
     trust_remote_code: bool = False
+    precision: str = "auto"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "storage": redact(self.storage)}

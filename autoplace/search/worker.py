@@ -34,7 +34,7 @@ class Objective:
         self.cfg = cfg
         self.space = load_space(cfg.space)
         self.task = task or get_task(cfg.task)
-        self.backbone = load_backbone(cfg.model, device, cfg.trust_remote_code)
+        self.backbone = load_backbone(cfg.model, device, cfg.trust_remote_code, cfg.precision)
         self.budget = effective_budget(cfg, self.space)
         self.store_dir = Path(cfg.artifacts or Path(cfg.out) / "artifacts").resolve()
         self.store_dir.mkdir(parents=True, exist_ok=True)
