@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import sys
 import os
 import platform
 from pathlib import Path
@@ -34,7 +35,7 @@ def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
     stem = RESULTS / f"{name}-{device_tag()}"
     payload = {"benchmark": name, "machine": machine(), **payload}
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    header = (f"<!-- written by benchmarks/{name}.py -->\n\nMachine: {payload['machine']['platform']}, "
+    header = (f"<!-- written by benchmarks/{Path(sys.argv[0]).name} -->\n\nMachine: {payload['machine']['platform']}, "
               f"{payload['machine']['cpu_count']} CPUs{', ' + payload['machine']['gpu'] if 'gpu' in payload['machine'] else ''}; "
               f"torch {payload['machine']['versions']['torch']}, transformers "
               f"{payload['machine']['versions']['transformers']}, optuna {payload['machine']['versions']['optuna']}; "

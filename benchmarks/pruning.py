@@ -25,7 +25,7 @@ def run_one(pruner: str, args) -> dict:
         cfg = SearchConfig(task=args.task, space=str(default_space_path(args.task)), out=tmp, storage=default_url(tmp),
                            study_name=f"pruning-{pruner}", model=args.model, data_dir=str(DATA / "FewGLUE_32dev"),
                            n_trials=args.n_trials, seed=args.seed, pruner=pruner, steps=args.steps,
-                           eval_every=args.eval_every, progress=False)
+                           eval_every=args.eval_every, precision=args.precision, progress=False)
         started = time.perf_counter()
         found = search(cfg)
         seconds = time.perf_counter() - started
@@ -46,8 +46,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--eval-every", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     args = parser.parse_args()
-    load_backbone(args.model)  # loaded once, shared by every search in this process
+    load_backbone(args.model, precision=args.precision)  # loaded once, shared by every search in this process
     rows = []
     for pruner in args.pruners.split(","):
         print(f"== pruner {pruner}", flush=True)
