@@ -30,9 +30,9 @@ from autoplace.tasks import get_task
 from autoplace.trainer import TrainConfig
 
 BUDGETS = {
-    # small cuts: 12 steps per run, inputs truncated to 128 tokens, test subsets (BoolQ 500, MR 500 of val/test),
+    # small cuts: 12 steps per run, inputs truncated to 96 tokens, test subsets (BoolQ 500, MR 500 of val/test),
     # MR train cut to 64 examples, a 10-trial search of 12-step trials confirmed over 2 seeds.
-    "small": {"steps": 12, "eval_every": 6, "batch_size": 8, "max_length": 128, "search_trials": 10,
+    "small": {"steps": 12, "eval_every": 6, "batch_size": 8, "max_length": 96, "search_trials": 10,
               "confirm_top": 2, "confirm_seeds": 2, "boolq_test": 500, "mr_test": 500, "mr_train": 64},
     "full": {"steps": 100, "eval_every": 10, "batch_size": 8, "max_length": 256, "search_trials": 40,
              "confirm_top": 3, "confirm_seeds": 3, "boolq_test": None, "mr_test": None, "mr_train": 32},
@@ -91,6 +91,7 @@ def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int]) 
                            study_name=f"bench-{name}", model=model, data_dir=data_dir, precision=backbone.precision,
                            n_trials=budget["search_trials"], seed=0, steps=budget["steps"],
                            eval_every=budget["eval_every"], batch_size=budget["batch_size"],
+                           max_length=budget["max_length"],
                            confirm_top=budget["confirm_top"], confirm_seeds=budget["confirm_seeds"], progress=False)
         started = time.time()
         found = search(cfg, task)  # the search sees the same subsets

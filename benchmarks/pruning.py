@@ -25,7 +25,8 @@ def run_one(pruner: str, args) -> dict:
         cfg = SearchConfig(task=args.task, space=str(default_space_path(args.task)), out=tmp, storage=default_url(tmp),
                            study_name=f"pruning-{pruner}", model=args.model, data_dir=str(DATA / "FewGLUE_32dev"),
                            n_trials=args.n_trials, seed=args.seed, pruner=pruner, steps=args.steps,
-                           eval_every=args.eval_every, precision=args.precision, progress=False)
+                           eval_every=args.eval_every, max_length=args.max_length, precision=args.precision,
+                           progress=False)
         started = time.perf_counter()
         found = search(cfg)
         seconds = time.perf_counter() - started
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--n-trials", type=int, default=10)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--eval-every", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=None, help="default: the search space's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     args = parser.parse_args()

@@ -193,3 +193,12 @@ def test_shipped_spaces_load_and_build_references():
     assert nli.usable_places(causal=False)[-1] == "end" and "end" not in nli.usable_places(causal=True)
     assert nli.render({"start": 2, "after:premise": 3}) == \
         "[P:2] {premise} [P:3] Question: {hypothesis}? Answer: [MASK]"
+
+
+def test_budget_flags_override_the_space(capsys, toy_task_file, space_file, tmp_path):
+    out = tmp_path / "s"
+    assert search(toy_task_file, space_file, out, "--n-trials", "2", "--steps", "4", "--eval-every", "2",
+                  "--max-length", "24", "--precision", "bf16") == 0
+    best = json.loads((out / "best" / "template.json").read_text())
+    assert best["prompt"]["max_length"] == 24 and best["train"]["steps"] == 4 and best["train"]["eval_every"] == 2
+    assert all(t.user_attrs["steps"] in (0, 4) for t in study_of(out).get_trials())

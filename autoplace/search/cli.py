@@ -23,6 +23,8 @@ def add_commands(sub, common, positive) -> None:
     p.add_argument("--steps", type=positive(int), default=None, help="per-trial training steps (overrides the space)")
     p.add_argument("--eval-every", type=positive(int), default=None)
     p.add_argument("--batch-size", type=positive(int), default=None)
+    p.add_argument("--max-length", type=positive(int), default=None,
+                   help="input tokens per example (overrides the space)")
     p.add_argument("--confirm-top", type=int, default=0, help="retrain the k best templates over several seeds")
     p.add_argument("--confirm-seeds", type=positive(int), default=3)
     p.add_argument("--out", default="runs/search", help="folder for the study, best/, report.md")
@@ -67,7 +69,8 @@ def cmd_search(args) -> None:
                        study_name=name, model=args.model, data_dir=args.data_dir, n_trials=args.n_trials,
                        timeout=args.timeout, seed=args.seed, pruner=args.pruner, workers=args.workers,
                        devices=devices or ([args.device] if args.device else []), steps=args.steps,
-                       eval_every=args.eval_every, batch_size=args.batch_size, confirm_top=args.confirm_top,
+                       eval_every=args.eval_every, batch_size=args.batch_size, max_length=args.max_length,
+                       confirm_top=args.confirm_top,
                        confirm_seeds=args.confirm_seeds, artifacts=args.artifacts,
                        trust_remote_code=args.trust_remote_code, precision=args.precision)
     open_storage(cfg.storage)  # a bad URL fails before OUT is created

@@ -39,6 +39,7 @@ class SearchConfig:
     steps: int | None = None
     eval_every: int | None = None
     batch_size: int | None = None
+    max_length: int | None = None
     confirm_top: int = 0
     confirm_seeds: int = 3
     artifacts: str | None = None   # the Optuna artifact store folder (shared storage when several machines join)
@@ -104,7 +105,7 @@ def open_study(cfg: SearchConfig, space: SearchSpace, causal: bool) -> optuna.St
 
 def effective_budget(cfg: SearchConfig, space: SearchSpace) -> dict:
     budget = asdict(space.budget)
-    for key in ("steps", "eval_every", "batch_size"):
+    for key in ("steps", "eval_every", "batch_size", "max_length"):
         if getattr(cfg, key) is not None:
             budget[key] = getattr(cfg, key)
     budget["eval_every"] = min(budget["eval_every"], budget["steps"])
