@@ -6,8 +6,8 @@ Aliases: ``smollm2-135m`` (the offline PyPI package when installed, else the hub
 from __future__ import annotations
 
 import importlib.util
-import os
 import dataclasses
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path

@@ -55,7 +55,7 @@ def metadata(run: Prompted, cfg: TrainConfig, result: TrainResult, test: dict | 
              extra: dict | None = None) -> dict:
     return {
         "template": run.prompt.template, "task": run.task.name, "task_file": task_file,
-        "model": run.backbone.name, "backbone": run.backbone.signature(),
+        "model": run.backbone.name, "backbone": run.backbone.signature(), "precision": run.backbone.precision,
         "verbalizer": run.task.verbalizer, "prompt": run.prompt.to_dict(), "train": cfg.to_dict(),
         "steps": result.steps_done, "best_step": result.best_step, "dev": result.dev, "test": test,
         "train_seconds": round(result.train_seconds, 3), **(extra or {}),

@@ -200,5 +200,5 @@ def test_budget_flags_override_the_space(capsys, toy_task_file, space_file, tmp_
     assert search(toy_task_file, space_file, out, "--n-trials", "2", "--steps", "4", "--eval-every", "2",
                   "--max-length", "24", "--precision", "bf16") == 0
     best = json.loads((out / "best" / "template.json").read_text())
-    assert best["prompt"]["max_length"] == 24 and best["train"]["steps"] == 4 and best["train"]["eval_every"] == 2
+    assert best["precision"] == "bf16" and best["prompt"]["max_length"] == 24 and best["train"]["steps"] == 4 and best["train"]["eval_every"] == 2
     assert all(t.user_attrs["steps"] in (0, 4) for t in study_of(out).get_trials())
