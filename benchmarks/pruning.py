@@ -14,13 +14,15 @@ import time
 from common import DATA, write_results
 
 from autoplace.backbones import load_backbone
+from autoplace.prefix_cache import shared_cache
 from autoplace.search.run import search
 from autoplace.search.space import default_space_path
 from autoplace.search.storage import default_url
 from autoplace.search.study import SearchConfig
 
 
-def run_one(pruner: str, args) -> dict:
+def run_one(pruner: str, args, backbone) -> dict:
+    shared_cache(backbone).clear()  # each search starts cold: cached prefixes from the last one would flatter it
     with tempfile.TemporaryDirectory() as tmp:
         cfg = SearchConfig(task=args.task, space=str(default_space_path(args.task)), out=tmp, storage=default_url(tmp),
                            study_name=f"pruning-{pruner}", model=args.model, data_dir=str(DATA / "FewGLUE_32dev"),
@@ -50,11 +52,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     args = parser.parse_args()
-    load_backbone(args.model, precision=args.precision)  # loaded once, shared by every search in this process
+    backbone = load_backbone(args.model, precision=args.precision)  # loaded once, shared by every search in this process
     rows = []
     for pruner in args.pruners.split(","):
         print(f"== pruner {pruner}", flush=True)
-        rows.append(run_one(pruner, args))
+        rows.append(run_one(pruner, args, backbone))
         print(rows[-1], flush=True)
     base = next((r for r in rows if r["pruner"] == "none"), rows[0])
     for r in rows:
