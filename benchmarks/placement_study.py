@@ -5,7 +5,7 @@ the four fixed placements start / middle / end / mixed with the same total promp
 reference placements); and the template `autoplace search` finds (with --confirm-top). Every trained row gets the
 same budget and the same seeds; dev selects the checkpoint, the test split is only reported. Every seed is kept.
 
-    python benchmarks/placement_study.py --budget small     # this 2-core CPU, < 90 minutes
+    python benchmarks/placement_study.py --budget small --precision bf16  # a 2-core CPU (target < 90 min)
     python benchmarks/placement_study.py --budget full      # a GPU
 """
 from __future__ import annotations
