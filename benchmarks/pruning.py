@@ -13,7 +13,7 @@ import time
 
 from common import DATA, write_results
 
-from autoplace.backbones import load_backbone
+from autoplace.backbones import PRECISIONS, load_backbone
 from autoplace.prefix_cache import shared_cache
 from autoplace.search.run import search
 from autoplace.search.space import default_space_path
@@ -50,9 +50,9 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=None, help="default: the search space's")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     args = parser.parse_args()
-    backbone = load_backbone(args.model, precision=args.precision)  # loaded once, shared by every search in this process
+    backbone = load_backbone(args.model, precision=args.precision)  # loaded once, shared by every search
     rows = []
     for pruner in args.pruners.split(","):
         print(f"== pruner {pruner}", flush=True)
