@@ -22,6 +22,7 @@ from .errors import AutoplaceError
 
 FORMAT_VERSION = 1
 META_FILE = "template.json"
+REQUIRED_META = ("template", "task", "model", "prompt", "weights_sha256")  # what loading an artifact reads
 WEIGHTS_FILE = "prompt.safetensors"
 
 
@@ -95,6 +96,9 @@ def read_meta(path: str | Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         raise AutoplaceError(f"artifact {path}: format version {meta.get('format_version') if isinstance(meta, dict) else None} "
                              f"is not {FORMAT_VERSION}")
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if missing or not isinstance(meta["prompt"], dict):
+        raise AutoplaceError(f"artifact {path}: {META_FILE} lacks {', '.join(missing) or 'a valid prompt'}")
     return meta
 
 

@@ -80,6 +80,22 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_device(device: str | None) -> str:
+    """The device to run on; a bad or missing one is one clear line instead of a torch traceback."""
+    if device is None:
+        return default_device()
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise AutoplaceError(f"device {device!r} is not a device (use cpu, cuda or cuda:N)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AutoplaceError(f"device {device!r}: CUDA is not available on this machine")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise AutoplaceError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def _quiet_transformers() -> None:
     import transformers
     transformers.utils.logging.set_verbosity_error()
@@ -102,7 +118,7 @@ def load_backbone(name: str, device: str | None = None, trust_remote_code: bool 
                   precision: str = "auto") -> Backbone:
     """Load (once per process) and freeze a backbone: eval mode, no gradients, weights never change."""
     _quiet_transformers()
-    device = device or default_device()
+    device = resolve_device(device)
     precision = resolve_precision(precision, device)
     key = (name, device, trust_remote_code)
     if key not in _LOADED:

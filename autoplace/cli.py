@@ -133,8 +133,7 @@ def cmd_train(args) -> None:
                       seed=args.seed)
     result = fit(run, cfg)
     test = run.evaluate("test")  # reported only; nothing is chosen on it
-    task_file = str(Path(args.task).resolve()) if args.task.endswith((".yaml", ".yml")) else None
-    meta = metadata(run, cfg, result, test, task_file, {"started_from": source_dir if init_state else None})
+    meta = metadata(run, cfg, result, test, {"started_from": source_dir if init_state else None})
     export(args.out, run, meta)
     print(json.dumps({"out": args.out, "template": text, "dev": result.dev, "test": test,
                       "steps": result.steps_done, "train_seconds": round(result.train_seconds, 2),
@@ -193,7 +192,7 @@ def _read_jsonl(path: str, fields: list[str]) -> list[dict]:
         missing = [f for f in fields if not isinstance(example, dict) or f not in example]
         if missing:
             raise AutoplaceError(f"input {path} line {n}: field {missing[0]!r} missing")
-        examples.append(example)
+        examples.append({f: example[f] for f in fields})  # labels, if any, are not needed to predict
     if not examples:
         raise AutoplaceError(f"input {path}: no examples")
     return examples

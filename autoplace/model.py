@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .backbones import Backbone
 from .encoders import PromptEncoder
@@ -36,7 +37,12 @@ class PromptedModel(nn.Module):
             return tokens
         prompts = self.encoder().to(tokens.dtype)
         is_slot = (slot_ids != NO_SLOT).unsqueeze(-1)
-        return torch.where(is_slot, prompts[slot_ids.clamp(min=0)], tokens)
+        # A one-hot matmul, not an indexed gather: the gather's backward adds the batch's gradients into each prompt
+        # row in whatever order the CPU threads finish, so the same seed gave different prompts run to run. The
+        # matmul sums in a fixed order. Full precision: the prompt enters the residual stream unrounded.
+        with torch.autocast(tokens.device.type, enabled=False):
+            placed = F.one_hot(slot_ids.clamp(min=0), prompts.shape[0]).to(prompts.dtype) @ prompts
+        return torch.where(is_slot, placed, tokens)
 
     def forward(self, input_ids, slot_ids, attention_mask, answer, **_) -> torch.Tensor:
         """Scores: (batch, n_labels) for classification, (batch, vocab) for cloze."""

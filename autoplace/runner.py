@@ -51,10 +51,10 @@ def fit(run: Prompted, cfg: TrainConfig, callback=None, progress: bool | None = 
     return train(run.model, run.task, run.items("train"), run.items("dev"), cfg, callback, progress)
 
 
-def metadata(run: Prompted, cfg: TrainConfig, result: TrainResult, test: dict | None, task_file: str | None,
+def metadata(run: Prompted, cfg: TrainConfig, result: TrainResult, test: dict | None,
              extra: dict | None = None) -> dict:
     return {
-        "template": run.prompt.template, "task": run.task.name, "task_file": task_file,
+        "template": run.prompt.template, "task": run.task.name, "task_file": run.task.file,
         "model": run.backbone.name, "backbone": run.backbone.signature(), "precision": run.backbone.precision,
         "verbalizer": run.task.verbalizer, "prompt": run.prompt.to_dict(), "train": cfg.to_dict(),
         "steps": result.steps_done, "best_step": result.best_step, "dev": result.dev, "test": test,
@@ -70,8 +70,19 @@ def load(path: str | Path, data_dir: str | None = None, model: str | None = None
          trust_remote_code: bool = False, precision: str = "auto") -> tuple[Prompted, dict]:
     """Rebuild an exported prompt on its backbone; the weights are checked against the artifact's checksum."""
     meta = artifact.read_meta(path)
-    weights = artifact.load_weights(path, meta)
+    weights = artifact.load_weights(path, meta)  # a corrupt artifact fails before the slow backbone load
     task = get_task(meta.get("task_file") or meta["task"])
     backbone = load_backbone(model or meta["model"], device, trust_remote_code, precision)
+    return rebuild(path, meta, weights, task, backbone, data_dir), meta
+
+
+def rebuild(path: str | Path, meta: dict, weights: dict, task: Task, backbone: Backbone,
+            data_dir: str | None) -> Prompted:
+    """An exported prompt on a task and backbone already in hand: the search scores its winner on exactly the
+    task, device and precision its trials ran on."""
     artifact.check_backbone(path, meta, backbone.signature())
-    return prepare(task, backbone, PromptConfig(**meta["prompt"]), data_dir, weights), meta
+    try:
+        prompt = PromptConfig(**meta["prompt"])
+    except TypeError as exc:
+        raise AutoplaceError(f"artifact {path}: its prompt settings do not fit this version ({exc})") from None
+    return prepare(task, backbone, prompt, data_dir, weights)

@@ -49,6 +49,11 @@ class NonFiniteLoss(AutoplaceError):
     pass
 
 
+def dev_steps(steps: int, eval_every: int) -> list[int]:
+    """The steps at which dev is scored: every eval_every steps, and always the last one."""
+    return sorted({*range(eval_every, steps + 1, eval_every), steps})
+
+
 def autocast(backbone: Backbone):
     """The frozen forward in the backbone's precision (bf16 autocast or full fp32)."""
     if backbone.precision == "bf16":
@@ -65,6 +70,7 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
     order_rng = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
     steps = cfg.steps if params else 0
+    scored_at = set(dev_steps(steps, cfg.eval_every))
     best, history, losses, order, stopped = None, [], [], [], False
     start = time.perf_counter()
     step = 0
@@ -76,7 +82,7 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
         losses.append(train_step(model, batch, optimizer, cfg.max_grad_norm))
         if not math.isfinite(losses[-1]):
             raise NonFiniteLoss(f"loss is {losses[-1]} at step {step}")
-        if step % cfg.eval_every == 0 or step == steps:
+        if step in scored_at:
             dev = evaluate(model, task, dev_items, cfg.eval_batch_size)[0]
             score = dev[task.primary_metric]
             history.append((step, score))

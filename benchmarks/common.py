@@ -7,6 +7,7 @@ import json
 import sys
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 import torch
@@ -21,9 +22,26 @@ def machine() -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "versions": versions()}
+    info["commit"] = COMMIT
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def git_commit() -> str | None:
+    """The code that produced a result; "+dirty" when code (not results) had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+COMMIT = git_commit()  # taken when the benchmark starts: edits made during a long run must not be credited
 
 
 def device_tag() -> str:
@@ -39,7 +57,7 @@ def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
               f"{payload['machine']['cpu_count']} CPUs{', ' + payload['machine']['gpu'] if 'gpu' in payload['machine'] else ''}; "
               f"torch {payload['machine']['versions']['torch']}, transformers "
               f"{payload['machine']['versions']['transformers']}, optuna {payload['machine']['versions']['optuna']}; "
-              f"{payload['machine']['date']}.\n\n")
+              f"{payload['machine']['date']}; commit {payload['machine']['commit']}.\n\n")
     stem.with_suffix(".md").write_text(header + markdown + "\n")
     return stem.with_suffix(".json"), stem.with_suffix(".md")
 

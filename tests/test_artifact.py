@@ -17,7 +17,7 @@ def trained(tiny, toy_task_file, tmp_path):
     run = prepare(task, tiny, PromptConfig("[P:2] {sentence} [P:1] It was [MASK]", encoder="lstm"))
     cfg = TrainConfig(steps=20, lr=3e-2, eval_every=10)
     result = fit(run, cfg, progress=False)
-    out = export(tmp_path / "arts" / "art", run, metadata(run, cfg, result, None, str(toy_task_file)))
+    out = export(tmp_path / "arts" / "art", run, metadata(run, cfg, result, None))
     return run, out
 
 

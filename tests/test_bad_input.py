@@ -49,12 +49,25 @@ def _truncate(folder):
     (folder / "prompt.safetensors").write_bytes(data[:40])
 
 
-def _edit_meta(**changes):
+def _rewrite_meta(edit):
+    """An artifact change: edit(meta) rewrites its template.json."""
     def change(folder):
         meta = json.loads((folder / "template.json").read_text())
-        meta.update(changes)
+        edit(meta)
         (folder / "template.json").write_text(json.dumps(meta))
     return change
+
+
+def _edit_meta(**changes):
+    return _rewrite_meta(lambda meta: meta.update(changes))
+
+
+def _drop_meta(key):
+    return _rewrite_meta(lambda meta: meta.pop(key))
+
+
+def _edit_prompt(**changes):
+    return _rewrite_meta(lambda meta: meta["prompt"].update(changes))
 
 
 def train(tmp, task, *extra, template="[P:2] {sentence} It was [MASK]"):
@@ -87,6 +100,10 @@ CASES = {
         'verbalizer: {pos: " yes", neg: " no"}\n', ""))), "key 'verbalizer' is required"),
     "task unknown key": (lambda r, t: train(t, _task(r, t, toy_yaml=TOY_YAML + "labels: [a]\n")),
                          "key 'labels' is not a known key"),
+    "task data file not a name": (lambda r, t: train(t, _task(r, t, toy_yaml=TOY_YAML.replace(
+        "train: train.jsonl", "train: 5"))), "key 'data_files.train' must be a file name"),
+    "task metrics not a list": (lambda r, t: train(t, _task(r, t, toy_yaml=TOY_YAML + "metrics: f1_macro\n")),
+                                "key 'metrics' must be a list of acc, f1_macro"),
     "task file missing": (lambda r, t: train(t, str(t / "nope.yaml")), "nope.yaml: No such file or directory"),
     # data files
     "data missing field": (lambda r, t: train(t, _task(r, t, train_jsonl='{"text": "x", "label": "pos"}\n')),
@@ -111,6 +128,10 @@ CASES = {
                              "was trained on tiny-gpt2 (vocab_size 49152); backbone tiny-bert has vocab_size 49153"),
     "artifact format version": (lambda r, t: ["eval", _artifact(r, t, _edit_meta(format_version=99))],
                                 "format version 99 is not 1"),
+    "artifact meta lacks a key": (lambda r, t: ["eval", _artifact(r, t, _drop_meta("prompt"))],
+                                  "template.json lacks prompt"),
+    "artifact prompt from another version": (lambda r, t: ["eval", _artifact(r, t, _edit_prompt(colour="red"))],
+                                             "prompt settings do not fit this version"),
     "artifact not a folder": (lambda r, t: ["eval", str(t / "missing")], "no such folder"),
     # storage URLs and studies
     "storage not a URL": (lambda r, t: _search(r, t, storage="study.db"), "not a storage URL"),
@@ -128,6 +149,9 @@ CASES = {
     "cli missing --out": (lambda r, t: ["train", "--task", "cb"], "the following arguments are required: --out"),
     "predict input missing field": (lambda r, t: _predict(r, t, '{"sentence": "a"}\n{"text": "b"}\n'),
                                     "in.jsonl line 2: field 'sentence' missing"),
+    "cli unknown device": (lambda r, t: train(t, _task(r, t), "--device", "foo"), "device 'foo' is not a device"),
+    "cli absent device": (lambda r, t: train(t, _task(r, t), "--device", "cuda:99"), "device 'cuda:99'"),
+    "search unknown device": (lambda r, t: _search(r, t) + ["--devices", "cpu,foo"], "device 'foo' is not a device"),
     "predict broken input": (lambda r, t: _predict(r, t, '{"sentence": "a"\n'), "in.jsonl line 1: broken JSON"),
 }
 

@@ -49,10 +49,11 @@ def test_train_eval_predict_round_trip(capsys, toy_task_file, tmp_path):
     assert main(["eval", str(out), "--split", "test"]) == 0
     assert json.loads(capsys.readouterr().out)["acc"] == pytest.approx(meta["test"]["acc"])
 
-    write_jsonl(tmp_path / "in.jsonl", [{"sentence": "the movie was great"}, {"sentence": "the movie was awful"}])
+    write_jsonl(tmp_path / "in.jsonl", [{"sentence": "the movie was great"},
+                                        {"sentence": "the movie was awful", "label": "not a label of this task"}])
     assert main(["predict", str(out), "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "p.jsonl")]) == 0
     preds = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
-    assert len(preds) == 2 and all(p["prediction"] in ("pos", "neg") for p in preds)
+    assert len(preds) == 2 and all(p["prediction"] in ("pos", "neg") for p in preds)  # labels in the input are ignored
     assert all(abs(sum(p["scores"].values()) - 1) < 1e-4 for p in preds)
 
     # --template DIR continues from the artifact's weights unless --fresh
@@ -65,6 +66,18 @@ def test_train_eval_predict_round_trip(capsys, toy_task_file, tmp_path):
     write_jsonl(tmp_path / "bad.jsonl", [{"sentence": "ok"}, {"text": "no sentence"}])
     assert main(["predict", str(out), "--input", str(tmp_path / "bad.jsonl")]) == 2
     assert "bad.jsonl line 2: field 'sentence' missing" in capsys.readouterr().err
+
+
+def test_an_artifact_finds_its_task_file_whatever_its_name(capsys, toy_task_file, tmp_path):
+    task = toy_task_file.with_name("toy.task")  # get_task takes any existing file
+    task.write_text(toy_task_file.read_text())
+    out = tmp_path / "art"
+    assert main(["train", "--task", str(task), "--model", "tiny-gpt2", "--template", "[P:2] {sentence} It was [MASK]",
+                 "--steps", "2", "--out", str(out)]) == 0
+    assert json.loads((out / "template.json").read_text())["task_file"] == str(task.resolve())
+    capsys.readouterr()
+    assert main(["eval", str(out), "--split", "dev"]) == 0
+    assert "acc" in json.loads(capsys.readouterr().out)
 
 
 def test_cli_process_prints_one_line_not_a_traceback(tmp_path):
@@ -94,3 +107,16 @@ def test_smollm2_end_to_end_on_fewglue_cb(fewglue, tmp_path):
     proc = run_cli("eval", out, "--split", "test", "--data-dir", fewglue)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["acc"] == pytest.approx(summary["test"]["acc"])
+
+
+def test_cli_choices_are_the_ones_the_code_accepts():
+    """The CLI spells its choices out (importing torch/optuna for them would slow `--help`); they must not drift."""
+    from autoplace.backbones import PRECISIONS
+    from autoplace.cli import build_parser
+    from autoplace.encoders import ENCODERS, INITS
+    from autoplace.search.study import PRUNERS
+    commands = build_parser()._subparsers._group_actions[0].choices
+    choices = {(name, a.dest): set(a.choices) for name, p in commands.items() for a in p._actions if a.choices}
+    assert choices[("train", "precision")] == choices[("search", "precision")] == set(PRECISIONS)
+    assert choices[("train", "encoder")] == set(ENCODERS) and choices[("train", "init")] == set(INITS)
+    assert choices[("search", "pruner")] == set(PRUNERS)

@@ -189,3 +189,24 @@ def test_every_trial_failing_alike_stops_with_one_line(monkeypatch, capsys, toy_
     assert err == ["autoplace: error: every trial so far failed the same way: RuntimeError: backbone exploded"]
     study = optuna.load_study(storage=f"sqlite:///{tmp_path}/s/study.db", study_name="autoplace-toy")
     assert sum(t.state == TrialState.FAIL for t in study.trials) == 3  # stopped early, the rest still queued
+
+
+def test_every_sampled_trial_failing_alike_stops_even_when_the_references_succeed(monkeypatch, capsys, toy_task_file,
+                                                                                  tmp_path):
+    from autoplace.search import worker
+    real_fit, fits = worker.fit, []
+
+    def fails_after_the_references(run, cfg, callback=None, progress=None):
+        fits.append(run.prompt.template)
+        if len(fits) > 4:  # the space's 4 reference points come first and train normally
+            raise RuntimeError("sampler proposes nonsense")
+        return real_fit(run, cfg, callback, progress)
+
+    monkeypatch.setattr(worker, "fit", fails_after_the_references)
+    assert main(["search", "--task", str(toy_task_file), "--space", str(space(tmp_path, steps=4, eval_every=2)),
+                 "--model", "tiny-gpt2", "--out", str(tmp_path / "s"), "--n-trials", "20"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["autoplace: error: every trial so far failed the same way: RuntimeError: sampler proposes nonsense"]
+    study = optuna.load_study(storage=f"sqlite:///{tmp_path}/s/study.db", study_name="autoplace-toy")
+    states = [t.state for t in study.trials]
+    assert states[:4] == [TrialState.COMPLETE] * 4 and states.count(TrialState.FAIL) == 3  # the rest stay queued

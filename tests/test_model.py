@@ -7,7 +7,7 @@ from autoplace.encoding import NO_SLOT, collate
 from autoplace.errors import AutoplaceError
 from autoplace.pipeline import PromptConfig, build
 from autoplace.tasks import get_task
-from autoplace.trainer import TrainConfig, evaluate, train
+from autoplace.trainer import TrainConfig, dev_steps, evaluate, train
 
 EXAMPLE = {"sentence": "the movie was good", "label": "pos"}
 
@@ -151,6 +151,21 @@ def test_callback_can_stop_training(tiny_gpt2, toy_task_file):
     assert seen == [5, 10] and result.stopped_early and result.steps_done == 10
 
 
+def test_dev_is_scored_every_eval_every_steps_and_at_the_last():
+    assert dev_steps(12, 3) == [3, 6, 9, 12]
+    assert dev_steps(12, 5) == [5, 10, 12]
+    assert dev_steps(4, 4) == [4]
+
+
+def test_callback_sees_every_dev_step_when_nothing_stops_it(tiny_gpt2, toy_task_file):
+    task, feat, model = _build(toy_task_file, tiny_gpt2, "[P:2] {sentence} It was [MASK]")
+    items = feat.encode_all(task.load_split("train"))
+    seen = []
+    result = train(model, task, items, items, TrainConfig(steps=12, eval_every=5),
+                   callback=lambda step, score: seen.append(step) or True, progress=False)
+    assert seen == [5, 10, 12] == [step for step, _ in result.history] and not result.stopped_early
+
+
 def test_template_without_slots_is_scored_zero_shot(tiny_gpt2, toy_task_file):
     task, feat, model = _build(toy_task_file, tiny_gpt2, "{sentence} It was [MASK]", encoder="lstm")
     items = feat.encode_all(task.load_split("dev"))
@@ -166,7 +181,9 @@ def test_encoder_weights_depend_on_the_seed_only(tiny_gpt2, toy_task_file, encod
     again = _build(toy_task_file, tiny_gpt2, template, encoder=encoder, seed=3)[2].encoder.state_dict()
     other = _build(toy_task_file, tiny_gpt2, template, encoder=encoder, seed=4)[2].encoder.state_dict()
     assert all(torch.equal(first[k], again[k]) for k in first)
-    assert not all(torch.equal(first[k], other[k]) for k in first if k != "mlp.2.weight" and k != "mlp.2.bias")
+    # the layers themselves (not the seeded input vectors, not the zero-initialised last MLP layer) follow the seed
+    layers = [k for k in first if k != "input" and not k.startswith("mlp.2.")]
+    assert layers and all(not torch.equal(first[k], other[k]) for k in layers)
 
 
 def test_bf16_precision_runs_the_frozen_forward_in_bf16_and_keeps_prompts_fp32(toy_task_file):

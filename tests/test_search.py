@@ -6,6 +6,8 @@ from optuna.trial import TrialState
 
 from autoplace.cli import main
 from autoplace.search.space import load_space
+from autoplace.search.study import make_pruner
+from autoplace.search.worker import keep_going
 from conftest import REPO
 
 GOOD_LR_SPACE = """
@@ -50,6 +52,8 @@ def test_search_runs_n_trials_and_writes_best_and_report(capsys, toy_task_file, 
     for t in trials:
         assert "template" in t.user_attrs and "placement" in t.user_attrs
     assert all(t.intermediate_values for t in trials[1:])  # every trained trial reported its dev scores
+    # the zero-shot reference trains nothing; its score is reported flat at every dev step, for pruners to compare
+    assert trials[0].intermediate_values == {step: trials[0].value for step in (5, 10, 15, 20)}
     best = json.loads((out / "best" / "template.json").read_text())
     assert best["test"] is not None and best["confirm"]["seeds"] == 2
     assert best["template"] == summary["template"]
@@ -62,13 +66,16 @@ def test_search_runs_n_trials_and_writes_best_and_report(capsys, toy_task_file, 
     assert (out / "trials.csv").read_text().count("\n") == 8
 
 
-def test_a_hopeless_trial_is_pruned(capsys, toy_task_file, tmp_path):
+@pytest.mark.parametrize("pruner", ["median", "wilcoxon"])
+def test_a_hopeless_trial_is_pruned(capsys, caplog, toy_task_file, tmp_path, pruner):
     """References train with a good lr; every sampled trial gets an lr too small to learn, so it falls below the
-    median of the finished trials at the same step and is stopped early."""
+    median of the finished trials at the same step (median), or its dev curve is below the best trial's step by
+    step (wilcoxon), and it is stopped early."""
     space = tmp_path / "space.yaml"
     space.write_text(GOOD_LR_SPACE.replace("steps: 20", "steps: 30") % (1e-7, 2e-7))
     out = tmp_path / "s"
-    assert search(toy_task_file, space, out, "--n-trials", "9", "--pruner", "median") == 0
+    assert search(toy_task_file, space, out, "--n-trials", "9", "--pruner", pruner) == 0
+    assert "rarely prune" not in caplog.text
     trials = study_of(out).get_trials()
     sampled = [t for t in trials if "reference" not in t.user_attrs]
     pruned = [t for t in sampled if t.state == TrialState.PRUNED]
@@ -151,6 +158,22 @@ def test_test_split_is_read_only_after_the_search(monkeypatch, capsys, toy_task_
     assert events.index("test") > choose_at
 
 
+@pytest.mark.parametrize("confirm_top", ["0", "1"])
+def test_the_winner_is_tested_on_the_backbone_and_precision_its_trials_ran_on(monkeypatch, capsys, toy_task_file,
+                                                                             space_file, tmp_path, confirm_top):
+    from autoplace.runner import Prompted
+    scored, original = [], Prompted.evaluate
+
+    def spy(self, split, batch_size=32):
+        scored.append((split, self.backbone.precision))
+        return original(self, split, batch_size)
+
+    monkeypatch.setattr(Prompted, "evaluate", spy)
+    assert search(toy_task_file, space_file, tmp_path / "s", "--n-trials", "2", "--steps", "4", "--eval-every", "2",
+                  "--precision", "bf16", "--confirm-top", confirm_top, "--confirm-seeds", "1") == 0
+    assert scored == [("test", "bf16")]
+
+
 @pytest.mark.parametrize("body, needle", [
     ("skeleton: 5\n", "key 'skeleton' is required"),
     ('skeleton: "{sentence} [MASK]"\n', "has no <place> markers"),
@@ -202,3 +225,25 @@ def test_budget_flags_override_the_space(capsys, toy_task_file, space_file, tmp_
     best = json.loads((out / "best" / "template.json").read_text())
     assert best["precision"] == "bf16" and best["prompt"]["max_length"] == 24 and best["train"]["steps"] == 4 and best["train"]["eval_every"] == 2
     assert all(t.user_attrs["steps"] in (0, 4) for t in study_of(out).get_trials())
+
+
+class AlwaysPrune:
+    asked = 0
+
+    def should_prune(self) -> bool:
+        self.asked += 1
+        return True
+
+
+def test_a_trial_is_never_pruned_at_its_last_step_nor_a_reference_but_the_pruner_is_always_asked():
+    trial = AlwaysPrune()
+    assert keep_going(trial, 10, 30, is_reference=False) is False
+    assert keep_going(trial, 30, 30, is_reference=False) is True  # fully trained: pruning saves nothing
+    assert keep_going(trial, 10, 30, is_reference=True) is True
+    assert trial.asked == 3  # hyperband/SHA record a score only when asked
+
+
+@pytest.mark.parametrize("steps, eval_every, warns", [(12, 3, True), (20, 4, False)])
+def test_wilcoxon_warns_when_the_budget_gives_it_too_few_evaluations(caplog, steps, eval_every, warns):
+    make_pruner("wilcoxon", steps, eval_every)
+    assert ("wilcoxon will rarely prune with 4 dev evaluations" in caplog.text) is warns

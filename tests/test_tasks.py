@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from autoplace.encoding import collate
 from autoplace.errors import AutoplaceError
@@ -91,5 +92,9 @@ def test_cloze_task_scores_p_at_1_over_the_vocabulary(tiny_gpt2, tmp_path):
     result = train(model, task, items, items, TrainConfig(steps=150, batch_size=4, lr=5e-2, eval_every=50),
                    progress=False)
     assert sum(result.losses[-10:]) < sum(result.losses[:10])
-    metrics, best = evaluate(model, task, items)
-    assert set(metrics) == {"p@1"} and metrics["p@1"] == sum(b in it.targets for b, it in zip(best, items)) / 4
+    metrics, _ = evaluate(model, task, items)
+    # p@1 recomputed here from the full-vocabulary scores; a hit on any acceptable answer ("Tokyo" or "Edo") counts
+    with torch.no_grad():
+        top = model.eval()(**collate(items, 0)).argmax(-1).tolist()
+    hits = [top[i] in items[i].targets for i in range(4)]
+    assert set(metrics) == {"p@1"} and metrics["p@1"] == sum(hits) / 4 and metrics["p@1"] > 0

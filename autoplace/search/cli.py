@@ -53,6 +53,7 @@ def _study_args(p) -> None:
 
 
 def cmd_search(args) -> None:
+    from ..backbones import resolve_device
     from ..tasks import get_task
     from .run import search
     from .space import default_space_path, load_space
@@ -62,7 +63,7 @@ def cmd_search(args) -> None:
     space = args.space or str(default_space_path(task.name))
     load_space(space).check(task)  # a bad space fails here, before any model loads or file is written
     name = args.study_name or f"autoplace-{re.sub(r'[^A-Za-z0-9_-]', '-', Path(task.name).stem)}"
-    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else []
+    devices = [resolve_device(d.strip()) for d in args.devices.split(",") if d.strip()] if args.devices else []
     if args.confirm_top < 0:
         raise AutoplaceError("--confirm-top must be 0 or more")
     cfg = SearchConfig(task=args.task, space=space, out=args.out, storage=args.storage or default_url(args.out),

@@ -1,11 +1,15 @@
 """report.md, trials.csv and plots from a study: what the search found and what placement did."""
 from __future__ import annotations
 
+import contextlib
 import statistics
+import warnings
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+
+from .study import counts
 
 PLACEMENTS = ("none", "start-only", "middle-only", "end-only", "mixed")
 
@@ -35,7 +39,7 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
-    state_counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    state_counts = counts(study)
     total_steps = sum(t.user_attrs.get("steps", 0) for t in trials)
     study.trials_dataframe().to_csv(out / "trials.csv", index=False)
     plots = _plots(study, out)
@@ -73,8 +77,10 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
                   for c in confirm]
     lines += ["", "## Parameter importances", ""]
     try:
-        importances = optuna.importance.get_param_importances(study)
-        lines += ["| parameter | importance |", "| --- | --- |"]
+        with few_trials_quiet():
+            importances = optuna.importance.get_param_importances(study)
+        lines += [f"From {len(complete)} completed trials: rough when they are few.", "",
+                  "| parameter | importance |", "| --- | --- |"]
         lines += [f"| {name} | {value:.3f} |" for name, value in importances.items()]
     except (ValueError, RuntimeError) as exc:
         lines.append(f"Not available yet: {exc}")
@@ -92,6 +98,15 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def few_trials_quiet():
+    """Optuna warns (several lines each time) that importances from few trials are inaccurate; the report says so
+    once instead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Some regimes")
+        yield
+
+
 def _plots(study: optuna.Study, out: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -102,7 +117,8 @@ def _plots(study: optuna.Study, out: Path) -> list[Path]:
     for name, draw in (("history", ovm.plot_optimization_history), ("importances", ovm.plot_param_importances),
                        ("intermediate", ovm.plot_intermediate_values), ("score_vs_cost", _score_vs_cost)):
         try:
-            draw(study)
+            with few_trials_quiet():
+                draw(study)
             plt.gcf().set_size_inches(8, 5)
             plt.tight_layout()
             plt.savefig(out / f"{name}.png", dpi=80)

@@ -15,12 +15,12 @@ from .. import artifact
 from ..backbones import is_causal
 from ..errors import AutoplaceError
 from ..pipeline import PromptConfig
-from ..runner import Prompted, export, fit, load, metadata, prepare
+from ..runner import Prompted, export, fit, load, metadata, prepare, rebuild
 from ..trainer import TrainConfig
 from .space import load_space
 from .storage import open_storage, redact
 from .study import ARTIFACT_ATTR, SearchConfig, counts, open_study
-from .worker import Objective, task_file, work
+from .worker import Objective, work
 
 
 def search(cfg: SearchConfig, task=None) -> dict:
@@ -56,7 +56,7 @@ def choose_winner(cfg: SearchConfig, study: optuna.Study, objective: Objective) 
     ranked = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
                     key=lambda t: t.value, reverse=True)
     if cfg.confirm_top <= 0:
-        return load_trial(study, ranked[0], objective.cfg.data_dir)
+        return load_trial(study, ranked[0], objective.cfg.data_dir, onto=objective)
     candidates, seen = [], set()
     for trial in ranked:
         key = (trial.user_attrs["template"], trial.params.get("encoder"), trial.params.get("init"))
@@ -88,7 +88,7 @@ def retrain(cfg: SearchConfig, objective: Objective, trial: optuna.trial.FrozenT
                             seed=seed)
     run = prepare(objective.task, objective.backbone, prompt, cfg.data_dir)
     result = fit(run, train_cfg, progress=False)
-    meta = metadata(run, train_cfg, result, None, task_file(cfg.task),
+    meta = metadata(run, train_cfg, result, None,
                     {"study": cfg.study_name, "trial": trial.number, "confirm_seed": seed})
     return run, meta, result.dev[objective.task.primary_metric]
 
@@ -116,10 +116,14 @@ def trial_files(study: optuna.Study, trial: optuna.trial.FrozenTrial, folder: Pa
 
 
 def load_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, data_dir: str | None,
-               artifacts: str | None = None) -> tuple[Prompted, dict]:
+               artifacts: str | None = None, onto: Objective | None = None) -> tuple[Prompted, dict]:
+    """A trial's stored prompt, rebuilt on `onto`'s task and backbone when given (else loaded as exported)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = artifact.install(trial_files(study, trial, Path(tmp) / "dl", artifacts), Path(tmp) / "artifact")
-        return load(folder, data_dir)
+        if onto is None:
+            return load(folder, data_dir)
+        meta = artifact.read_meta(folder)
+        return rebuild(folder, meta, artifact.load_weights(folder, meta), onto.task, onto.backbone, data_dir), meta
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:

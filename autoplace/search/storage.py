@@ -1,7 +1,7 @@
 """Optuna storages from a URL: any RDB URL (sqlite, postgresql, mysql) or `journal:///path/to/file.log`.
 
 RDB storages get a heartbeat, so a worker killed mid-trial leaves a trial that the next worker marks failed and
-retries (Optuna's RetryFailedTrialCallback). Passwords never reach a message.
+retries (Optuna's RetryHeartbeatStaleTrialCallback); a journal storage has none. Passwords never reach a message.
 """
 from __future__ import annotations
 

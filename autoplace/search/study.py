@@ -6,6 +6,7 @@ trials and fills the queue up to --n-trials with empty WAITING trials; workers o
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,11 +15,14 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import AutoplaceError
+from ..trainer import dev_steps
 from .space import SearchSpace
 from .storage import open_storage, redact
 
+log = logging.getLogger(__name__)
 PRUNERS = ("median", "hyperband", "sha", "wilcoxon", "none")
 ARTIFACT_ATTR = "autoplace_artifact"
+WILCOXON_MIN_EVALUATIONS = 5
 
 
 @dataclass
@@ -51,9 +55,10 @@ class SearchConfig:
         return {**asdict(self), "storage": redact(self.storage)}
 
 
-def make_sampler(seed: int, parallel: bool) -> optuna.samplers.BaseSampler:
-    """TPE over the conditional space: multivariate + grouped; constant liar keeps parallel workers apart."""
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=parallel,
+def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
+    """TPE over the conditional space: multivariate + grouped. The constant liar keeps concurrent workers apart,
+    whether they share this process's machine or only the storage; with one worker it changes nothing."""
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
                                       n_startup_trials=5)
 
 
@@ -68,6 +73,13 @@ def make_pruner(name: str, steps: int, eval_every: int) -> optuna.pruners.BasePr
     if name == "sha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=eval_every, reduction_factor=3)
     if name == "wilcoxon":
+        # It tests, step by step, whether this trial's dev curve is below the best trial's. With n paired points and
+        # no ties, the smallest one-sided p is 1/2**n, so p < 0.1 needs 4 points, and pruning only saves steps
+        # before the last one.
+        evaluations = len(dev_steps(steps, eval_every))
+        if evaluations < WILCOXON_MIN_EVALUATIONS:
+            log.warning(f"autoplace: wilcoxon will rarely prune with {evaluations} dev evaluations per trial (it "
+                        f"needs about {WILCOXON_MIN_EVALUATIONS}); lower --eval-every or use median")
         return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
     if name == "none":
         return optuna.pruners.NopPruner()
@@ -78,7 +90,7 @@ def open_study(cfg: SearchConfig, space: SearchSpace, causal: bool) -> optuna.St
     """Create the study (and its queue of N trials) or join an existing one; re-running resumes."""
     storage = open_storage(cfg.storage)
     budget = effective_budget(cfg, space)
-    sampler = make_sampler(cfg.seed, cfg.workers > 1)
+    sampler = make_sampler(cfg.seed)
     pruner = make_pruner(cfg.pruner, budget["steps"], budget["eval_every"])
     try:
         study = optuna.create_study(storage=storage, study_name=cfg.study_name, direction="maximize",

@@ -18,13 +18,9 @@ from ..pipeline import PromptConfig
 from ..runner import export, fit, metadata, prepare
 from ..tasks import get_task
 from ..template import parse, placement_class
-from ..trainer import NonFiniteLoss, TrainConfig
+from ..trainer import NonFiniteLoss, TrainConfig, dev_steps
 from .space import load_space
 from .study import ARTIFACT_ATTR, Heartbeat, SearchConfig, claim, counts, device_for, effective_budget, open_study
-
-
-def task_file(name: str) -> str | None:
-    return str(Path(name).resolve()) if name.endswith((".yaml", ".yml")) else None
 
 
 class Objective:
@@ -55,16 +51,19 @@ class Objective:
 
         def report(step: int, score: float) -> bool:
             trial.report(score, step)
-            return is_reference or not trial.should_prune()
+            return keep_going(trial, step, train_cfg.steps, is_reference)
 
         result = fit(run, train_cfg, report, progress=False)
+        if not result.losses:  # nothing to train: the score holds at every dev step, so pruners can compare with it
+            for step in dev_steps(train_cfg.steps, train_cfg.eval_every):
+                report(step, result.dev[self.task.primary_metric])
         trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
         trial.set_user_attr("steps", result.steps_done)
         trial.set_user_attr("dev", result.dev)
         if result.stopped_early:
             trial.set_user_attr("reason", f"pruned at step {result.steps_done}")
             raise optuna.TrialPruned()
-        meta = metadata(run, train_cfg, result, None, task_file(self.cfg.task),
+        meta = metadata(run, train_cfg, result, None,
                         {"study": self.cfg.study_name, "trial": trial.number})
         self._keep(trial, run, meta)
         return result.dev[self.task.primary_metric]
@@ -77,6 +76,14 @@ class Objective:
                                          study_or_trial=trial)
                    for name in (artifact.META_FILE, artifact.WEIGHTS_FILE)}
         trial.set_user_attr(ARTIFACT_ATTR, {"store": str(self.store_dir), "ids": ids})
+
+
+def keep_going(trial: optuna.Trial, step: int, last_step: int, is_reference: bool) -> bool:
+    """A reference trial always finishes, and so does a trial at its last step: pruning it then saves nothing
+    and would throw away a fully trained prompt. The pruner is asked every time, because hyperband and successive
+    halving record a trial's score for later comparisons only when asked."""
+    prune = trial.should_prune()
+    return is_reference or step >= last_step or not prune
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> tuple[str, str | None]:
@@ -138,7 +145,11 @@ def work(cfg: SearchConfig, worker: int = 0, task=None) -> dict:
 
 
 def _all_failed_alike(study: optuna.Study, reason: str, at_least: int = 3) -> bool:
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    """Failures are systemic when at least 3 finished trials all failed the same way, counting every trial or only
+    the sampled ones (the references can succeed while everything the sampler proposes fails)."""
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    sampled = [t for t in finished if "reference" not in t.user_attrs]
     kind = reason.split(":")[0]
-    return len(trials) >= at_least and all(t.state == optuna.trial.TrialState.FAIL and
-                                           t.user_attrs.get("failure") == kind for t in trials)
+    return any(len(group) >= at_least and all(t.state == optuna.trial.TrialState.FAIL and
+                                              t.user_attrs.get("failure") == kind for t in group)
+               for group in (finished, sampled))

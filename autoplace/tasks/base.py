@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import AutoplaceError
 
 SPLITS = ("train", "dev", "test")
+METRICS = ("acc", "f1_macro")  # a classification task's; a cloze task reports p@1
 _SPLITS_LOADED: dict[tuple, object] = {}  # a process reads each split once
 
 
@@ -28,8 +29,9 @@ class Task:
     label_field: str = "label"
     verbalizer: dict[str, str] = field(default_factory=dict)  # label -> word (with its leading space)
     target_field: str = "target"   # cloze: a string or a list of acceptable strings
-    metrics: tuple[str, ...] = ("acc",)
+    metrics: tuple[str, ...] = ("acc",)  # of METRICS
     description: str = ""
+    file: str | None = None  # the task YAML it came from (absolute), so an artifact can find it again
 
     def load_split(self, split: str, data_dir: str | None = None):
         """One split as an HF Dataset, checked. Splits load on demand: the test split only when it is scored."""
@@ -39,8 +41,8 @@ class Task:
         if key not in _SPLITS_LOADED:
             ds = self.source.load(split, data_dir)
             check_examples(self, split, ds)
-            _SPLITS_LOADED[key] = ds
-        return _SPLITS_LOADED[key]
+            _SPLITS_LOADED[key] = (self.source, ds)  # holding the source keeps its id from being reused
+        return _SPLITS_LOADED[key][1]
 
     @property
     def labels(self) -> list[str]:

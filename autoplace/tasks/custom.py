@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import AutoplaceError
-from .base import SPLITS, Task, load_file
+from .base import METRICS, SPLITS, Task, load_file
 
 
 @dataclass
@@ -50,9 +50,11 @@ def load_task_file(path: str | Path) -> Task:
     files = spec["data_files"]
     if not isinstance(files, dict) or not files:
         raise bad("data_files", "must map splits (train, dev, test) to files")
-    for split in files:
+    for split, name in files.items():
         if split not in SPLITS:
             raise bad(f"data_files.{split}", f"is not a split ({', '.join(SPLITS)})")
+        if not isinstance(name, str) or not name:
+            raise bad(f"data_files.{split}", "must be a file name")
     for split in ("train", "dev"):
         if split not in files:
             raise bad(f"data_files.{split}", "is required (train trains, dev selects)")
@@ -66,9 +68,13 @@ def load_task_file(path: str | Path) -> Task:
         verbalizer = {str(k).lower() if isinstance(k, bool) else str(k): str(v) for k, v in verbalizer.items()}
     if not isinstance(spec["template"], str):
         raise bad("template", "must be a string")
+    metrics = spec.get("metrics", ["acc"])
+    if not isinstance(metrics, list) or not metrics or not all(m in METRICS for m in metrics):
+        raise bad("metrics", f"must be a list of {', '.join(METRICS)}")
     return Task(
         name=str(spec["name"]), kind=kind, fields=fields, template=spec["template"],
         source=FileSource({s: (path.parent / f) for s, f in files.items()}),
         label_field=spec.get("label_field", "label"), verbalizer=verbalizer,
         target_field=spec.get("target_field", "target"),
-        metrics=tuple(spec.get("metrics", ["acc"])), description=spec.get("description", f"custom task from {path}"))
+        metrics=tuple(metrics), description=spec.get("description", f"custom task from {path}"),
+        file=str(path.resolve()))
