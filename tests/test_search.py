@@ -67,20 +67,29 @@ def test_search_runs_n_trials_and_writes_best_and_report(capsys, toy_task_file, 
 
 
 @pytest.mark.parametrize("pruner", ["median", "wilcoxon"])
-def test_a_hopeless_trial_is_pruned(capsys, caplog, toy_task_file, tmp_path, pruner):
-    """References train with a good lr; every sampled trial gets an lr too small to learn, so it falls below the
-    median of the finished trials at the same step (median), or its dev curve is below the best trial's step by
-    step (wilcoxon), and it is stopped early."""
-    space = tmp_path / "space.yaml"
-    space.write_text(GOOD_LR_SPACE.replace("steps: 20", "steps: 30") % (1e-7, 2e-7))
+def test_a_hopeless_trial_is_pruned(monkeypatch, capsys, caplog, toy_task_file, space_file, tmp_path, pruner):
+    """The references train normally; every sampled trial scores 0 on dev at each evaluation, so it falls below the
+    median of the trials before it at the same step (median), or its dev curve lies below the best trial's step by
+    step (wilcoxon), and it is stopped before its last step."""
+    from autoplace.search import worker
+    real_fit, fits = worker.fit, []
+
+    def hopeless_after_the_references(run, cfg, callback=None, progress=None):
+        fits.append(run.prompt.template)
+        if len(fits) > 4:  # the space's 4 references come first
+            return real_fit(run, cfg, lambda step, score: callback(step, 0.0), progress)
+        return real_fit(run, cfg, callback, progress)
+
+    monkeypatch.setattr(worker, "fit", hopeless_after_the_references)
     out = tmp_path / "s"
-    assert search(toy_task_file, space, out, "--n-trials", "9", "--pruner", pruner) == 0
+    assert search(toy_task_file, space_file, out, "--n-trials", "8", "--steps", "30", "--pruner", pruner) == 0
     assert "rarely prune" not in caplog.text
     trials = study_of(out).get_trials()
-    sampled = [t for t in trials if "reference" not in t.user_attrs]
-    pruned = [t for t in sampled if t.state == TrialState.PRUNED]
-    assert pruned, [(t.state, t.intermediate_values) for t in trials]
-    assert all(t.user_attrs["steps"] < 30 and t.user_attrs["reason"].startswith("pruned at step") for t in pruned)
+    # the median pruner waits for 5 finished trials: the 4 references and the first sampled one
+    sampled = [t for t in trials if "reference" not in t.user_attrs][1:]
+    assert len(sampled) == 3 and all(t.state == TrialState.PRUNED for t in sampled), [
+        (t.state, t.intermediate_values) for t in trials]
+    assert all(t.user_attrs["steps"] < 30 and t.user_attrs["reason"].startswith("pruned at step") for t in sampled)
     assert all(t.state == TrialState.COMPLETE for t in trials if "reference" in t.user_attrs)
 
 
