@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     except AutoplaceError as exc:
         print(f"autoplace: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("autoplace: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a search (lifecycle.Interrupted)
+        print(f"autoplace: {exc or 'interrupted'}", file=sys.stderr)
+        return getattr(exc, "exit_status", 130)
     return 0
 
 

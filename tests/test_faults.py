@@ -86,22 +86,21 @@ def test_two_processes_join_one_postgres_study(postgres_url, toy_task_file, tmp_
         assert main(["export", "--storage", postgres_url, "--study-name", name, "--out", str(tmp_path / f"e{i}")]) == 0
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_kill_9_mid_trial_then_rerun_finishes_the_study(request, backend, toy_task_file, tmp_path):
-    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path}/study.db"
-    name = f"kill-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "AUTOPLACE_HEARTBEAT": "1"}  # stale after 2 s without a heartbeat
-    cmd = search_cmd(toy_task_file, space(tmp_path, steps=200, eval_every=50), tmp_path / "s", url, name, 4,
-                     "--pruner", "none")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
+def start_and_stop_mid_trial(cmd, url, name, env, stop):
+    """Run a search, wait until a trial has finished and the next one is mid-way, then stop(proc); returns
+    (proc, storage) once the process has exited."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
     storage = None
     deadline = time.time() + 300
-    while time.time() < deadline:  # wait until a trial has finished and the next one is mid-way
+    while time.time() < deadline:
         time.sleep(0.3)
+        if proc.poll() is not None:
+            pytest.fail(f"the search ended before it got mid-trial: {proc.stderr.read()}")
         try:
             storage = storage or storage_of(url)
             trials = optuna.load_study(storage=storage, study_name=name).trials
-        except (KeyError, optuna.exceptions.StorageInternalError, Exception):
+        except Exception:  # the study or its schema is not there yet
             continue
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.number >= 1]
         running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
@@ -110,32 +109,94 @@ def test_kill_9_mid_trial_then_rerun_finishes_the_study(request, backend, toy_ta
     else:
         proc.kill()
         pytest.fail("the search never got mid-trial")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    stop(proc)
+    proc.wait(timeout=60)
+    return proc, storage
+
+
+def finished_trials(storage, name):
     study = optuna.load_study(storage=storage, study_name=name)
-    before = {t.number: (t.value, t.user_attrs["autoplace_artifact"]) for t in study.trials
-              if t.state == TrialState.COMPLETE}
-    killed = [t.number for t in study.trials if t.state == TrialState.RUNNING]
+    return {t.number: (t.value, t.user_attrs["autoplace_artifact"]) for t in study.trials
+            if t.state == TrialState.COMPLETE}
+
+
+def assert_resumed_exactly(url, name, before, stopped, n_trials):
+    """Finished work intact; the stopped trial failed with a retry that completed; exactly N complete."""
+    study = optuna.load_study(storage=storage_of(url), study_name=name)
+    trials = {t.number: t for t in study.trials}
+    for number, (value, stored) in before.items():
+        assert trials[number].value == value and trials[number].user_attrs["autoplace_artifact"] == stored
+    assert trials[stopped].state == TrialState.FAIL
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == stopped]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == n_trials and TrialState.RUNNING not in states
+    assert TrialState.WAITING not in states
+    return trials
+
+
+@pytest.mark.parametrize("backend,owner", [("sqlite", "this host"), ("sqlite", "another host"),
+                                           ("postgresql", "this host")])
+def test_kill_9_mid_trial_then_an_immediate_rerun_finishes_the_study(request, backend, owner, toy_task_file, tmp_path):
+    """kill -9 leaves a RUNNING trial. On this host the re-run sees its process is gone and retries it at once;
+    a trial owned by another host is retried once its heartbeat has gone stale, which the re-run waits out."""
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path}/study.db"
+    name = f"kill-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "AUTOPLACE_HEARTBEAT": "1"}  # stale after 2 s without a heartbeat
+    cmd = search_cmd(toy_task_file, space(tmp_path, steps=200, eval_every=50), tmp_path / "s", url, name, 4,
+                     "--pruner", "none")
+    _, storage = start_and_stop_mid_trial(cmd, url, name, env, lambda p: os.killpg(p.pid, signal.SIGKILL))
+    before = finished_trials(storage, name)
+    study = optuna.load_study(storage=storage, study_name=name)
+    killed = [t for t in study.trials if t.state == TrialState.RUNNING]
     assert len(killed) == 1
+    if owner == "another host":
+        storage.set_trial_system_attr(killed[0]._trial_id, "autoplace_worker", {"host": "elsewhere", "pid": 1})
     exported = tmp_path / "exported"
     assert main(["export", "--storage", url, "--study-name", name, "--trial", str(min(before)),
                  "--out", str(exported)]) == 0
     exported_bytes = {p.name: p.read_bytes() for p in exported.iterdir()}
-    time.sleep(2.5)
+    if owner == "another host":  # a remote worker that beat just now, then died; judged with a 20 s grace period
+        storage.record_heartbeat(killed[0]._trial_id)
+        env["AUTOPLACE_HEARTBEAT"] = "10"
 
-    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)  # at once: no sleep
     assert rerun.returncode == 0, rerun.stderr
-    study = optuna.load_study(storage=storage_of(url), study_name=name)
-    trials = {t.number: t for t in study.trials}
-    for number, (value, stored) in before.items():  # finished work intact, prompts still stored
-        assert trials[number].value == value and trials[number].user_attrs["autoplace_artifact"] == stored
+    if owner == "another host":
+        assert "RUNNING with a recent heartbeat" in rerun.stderr and "waiting up to 20 s" in rerun.stderr
+    else:
+        assert f"trial(s) {killed[0].number} were left RUNNING by a process that is gone" in rerun.stderr
+    trials = assert_resumed_exactly(url, name, before, killed[0].number, 4)
+    for number in before:  # prompts still stored and exportable
         assert main(["export", "--storage", url, "--study-name", name, "--trial", str(number),
                      "--out", str(tmp_path / f"again{number}")]) == 0
-    assert trials[killed[0]].state == TrialState.FAIL  # marked failed by its stale heartbeat ...
-    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0]]
-    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE  # ... and retried
-    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 4
     assert {p.name: p.read_bytes() for p in exported.iterdir()} == exported_bytes
+    if owner == "this host":
+        assert trials[killed[0].number].user_attrs["reason"].startswith("worker gone: process ")
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_mid_trial_requeues_it_and_a_rerun_finishes_exactly_n(sig, status, toy_task_file, tmp_path):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM: the running trial is marked failed and queued again before the
+    process exits, so the re-run, with the heartbeat still fresh, finishes exactly N trials."""
+    url, name = f"sqlite:///{tmp_path}/study.db", "interrupt"
+    cmd = search_cmd(toy_task_file, space(tmp_path, steps=200, eval_every=50), tmp_path / "s", url, name, 4,
+                     "--pruner", "none")
+    proc, storage = start_and_stop_mid_trial(cmd, url, name, dict(os.environ), lambda p: p.send_signal(sig))
+    err = proc.stderr.read().strip().splitlines()
+    assert proc.returncode == status
+    study = optuna.load_study(storage=storage, study_name=name)
+    stopped = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(stopped) == 1 and stopped[0].user_attrs["reason"] == f"interrupted by {sig.name}"
+    assert err[-1] == (f"autoplace: interrupted ({sig.name}): trial {stopped[0].number} was marked failed and "
+                       "queued again; run the same command again to resume")
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    before = finished_trials(storage, name)
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["trials"]["complete"] == 4
+    assert_resumed_exactly(url, name, before, stopped[0].number, 4)
 
 
 def test_blown_up_trials_fail_alone_and_the_study_goes_on(monkeypatch, capsys, toy_task_file, tmp_path):

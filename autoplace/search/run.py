@@ -17,6 +17,7 @@ from ..errors import AutoplaceError
 from ..pipeline import PromptConfig
 from ..runner import Prompted, export, fit, load, metadata, prepare, rebuild
 from ..trainer import TrainConfig
+from .lifecycle import say
 from .space import load_space
 from .storage import open_storage, redact
 from .study import ARTIFACT_ATTR, SearchConfig, counts, open_study
@@ -38,6 +39,10 @@ def search(cfg: SearchConfig, task=None) -> dict:
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         raise AutoplaceError(f"study {cfg.study_name!r} has no completed trial; nothing to export "
                              f"(trial states: {counts(study)})")
+    n_trials, done, running = study.user_attrs["n_trials"], _done(study), counts(study)["running"]
+    if running:  # only live workers elsewhere still hold trials: report what is done, say so
+        say(f"{done} of {n_trials} trials are done; {running} still RUNNING in other live workers, so this winner "
+            "and report cover the done ones (run the command again later to include them)")
     objective = Objective(cfg, cfg.devices[0] if cfg.devices else None, task)
     run, meta = choose_winner(cfg, study, objective)
     meta["test"] = run.evaluate("test")  # the only time the test split is read
@@ -48,7 +53,12 @@ def search(cfg: SearchConfig, task=None) -> dict:
     report = write_report(study, cfg.out)
     return {"out": cfg.out, "best": str(best), "report": str(report), "template": meta["template"],
             "dev": meta["dev"], "test": meta["test"], "search_seconds": round(search_seconds, 1),
-            "trials": counts(study), "workers": work_done, "storage": redact(cfg.storage)}
+            "trials": counts(study), "done": f"{done} of {n_trials}", "workers": work_done,
+            "storage": redact(cfg.storage)}
+
+
+def _done(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
 def choose_winner(cfg: SearchConfig, study: optuna.Study, objective: Objective) -> tuple[Prompted, dict]:

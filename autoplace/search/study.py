@@ -7,7 +7,6 @@ trials and fills the queue up to --n-trials with empty WAITING trials; workers o
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -143,43 +142,6 @@ def _wait_for_queue(study: optuna.Study, seconds: float = 120) -> None:
             raise AutoplaceError(f"study {study.study_name!r} exists but its creator never finished setting it up")
         time.sleep(0.5)
         study = optuna.load_study(storage=study._storage, study_name=study.study_name)
-
-
-def claim(study: optuna.Study) -> optuna.Trial | None:
-    """Atomically take one WAITING trial (RUNNING in the storage), or None when the budget is spent."""
-    storage = study._storage
-    for frozen in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
-                return optuna.Trial(study, frozen._trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-    return None
-
-
-class Heartbeat:
-    """Records the trial's heartbeat while it runs, so a killed worker's trial is detected as stale."""
-
-    def __init__(self, study: optuna.Study, trial: optuna.Trial):
-        self.storage, self.trial_id = study._storage, trial._trial_id
-        self.interval = getattr(self.storage, "get_heartbeat_interval", lambda: None)()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self):
-        while not self.stop.wait(self.interval):
-            self.storage.record_heartbeat(self.trial_id)
-
-    def __enter__(self):
-        if self.interval:
-            self.storage.record_heartbeat(self.trial_id)
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join()
 
 
 def counts(study: optuna.Study) -> dict:

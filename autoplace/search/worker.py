@@ -20,7 +20,8 @@ from ..tasks import get_task
 from ..template import parse, placement_class
 from ..trainer import NonFiniteLoss, TrainConfig, dev_steps
 from .space import load_space
-from .study import ARTIFACT_ATTR, Heartbeat, SearchConfig, claim, counts, device_for, effective_budget, open_study
+from .lifecycle import Heartbeat, Interrupted, claim, raise_on_sigterm, reclaim_orphans, requeue, wait_for_stale
+from .study import ARTIFACT_ATTR, SearchConfig, counts, device_for, effective_budget, open_study
 
 
 class Objective:
@@ -96,6 +97,12 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) ->
     except optuna.TrialPruned:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return "pruned", None
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the trial goes back to the queue before we exit
+        signal_name = getattr(exc, "signal_name", "SIGINT")
+        fate = ("was marked failed and queued again" if requeue(study, trial._trial_id, f"interrupted by {signal_name}")
+                else "had already finished")
+        raise Interrupted(signal_name, f"interrupted ({signal_name}): trial {trial.number} {fate}; "
+                                       "run the same command again to resume") from None
     except NonFiniteLoss as exc:
         reason = f"non-finite loss: {exc}"
     except torch.cuda.OutOfMemoryError:
@@ -112,7 +119,6 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) ->
     return "fail", reason
 
 
-
 def work(cfg: SearchConfig, worker: int = 0, task=None) -> dict:
     """Claim and run trials until none are left (or --timeout); returns what this worker did."""
     if cfg.devices:
@@ -121,6 +127,7 @@ def work(cfg: SearchConfig, worker: int = 0, task=None) -> dict:
             torch.cuda.set_device(torch.device(device))
     else:
         device = None
+    raise_on_sigterm()
     objective = Objective(cfg, device, task)
     study = open_study(cfg, objective.space, objective.backbone.causal)
     start, done, failures = time.time(), {"complete": 0, "pruned": 0, "fail": 0}, []
@@ -128,9 +135,11 @@ def work(cfg: SearchConfig, worker: int = 0, task=None) -> dict:
     show = cfg.progress if cfg.progress is not None else None
     with tqdm(total=total, desc="trials", disable=(worker != 0) or (None if show is None else not show)) as bar:
         while cfg.timeout is None or time.time() - start < cfg.timeout:
-            optuna.storages.fail_stale_trials(study)
+            reclaim_orphans(study)
             trial = claim(study)
             if trial is None:
+                if wait_for_stale(study):  # an earlier run's trial came back to the queue
+                    continue
                 break
             state, reason = run_trial(study, trial, objective)
             done[state] += 1
