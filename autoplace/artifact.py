@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import outdir
 from .errors import AutoplaceError
 
 FORMAT_VERSION = 1
@@ -39,23 +40,41 @@ def sha256(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def staged(out_dir: str | Path):
-    """Yield an empty temporary folder beside out_dir; on success it replaces out_dir in one rename."""
+def staged(out_dir: str | Path, folder_type: str = "artifact"):
+    """Yield an empty temporary folder beside out_dir; once the body has filled it, it is marked as autoplace's and
+    replaces out_dir. A failure anywhere leaves out_dir as it was and removes the temporary folder.
+
+    out_dir must be new, empty or autoplace's own `kind` folder: a user's files are never replaced.
+    """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    outdir.check(out_dir, folder_type, overwrite=True)
+    tmp = None
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         yield tmp
-        if out_dir.exists():  # replace an older folder only once the new one is whole
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        outdir.mark(tmp, folder_type)
+        _swap_in(tmp, out_dir)
+    except OSError as exc:  # disk full, permissions, a name too long...
+        raise AutoplaceError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
     finally:
-        if tmp.exists():
+        if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_in(new: Path, out_dir: Path) -> None:
+    """Rename new to out_dir; an older out_dir is moved aside first, put back if the rename fails, then deleted."""
+    if not out_dir.exists():
+        new.rename(out_dir)
+        return
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    out_dir.rename(old)
+    try:
+        new.rename(out_dir)
+    except OSError:
+        old.rename(out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save(out_dir: str | Path, state: dict[str, torch.Tensor], meta: dict) -> Path:
@@ -79,15 +98,15 @@ def install(files: dict[str, Path], out_dir: str | Path) -> Path:
 
 
 def is_artifact(path: str | Path) -> bool:
-    return (Path(path) / META_FILE).is_file()
+    return os.path.isfile(os.path.join(path, META_FILE))  # never raises, even on text too long to be a path
 
 
 def read_meta(path: str | Path) -> dict:
     path = Path(path)
-    if not path.is_dir():
+    if not os.path.isdir(path):
         raise AutoplaceError(f"artifact {path}: no such folder")
     for name in (META_FILE, WEIGHTS_FILE):
-        if not (path / name).is_file():
+        if not os.path.isfile(path / name):
             raise AutoplaceError(f"artifact {path}: {name} is missing")
     try:
         meta = json.loads((path / META_FILE).read_text())

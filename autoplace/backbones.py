@@ -5,8 +5,9 @@ Aliases: ``smollm2-135m`` (the offline PyPI package when installed, else the hub
 """
 from __future__ import annotations
 
-import importlib.util
 import dataclasses
+import functools
+import importlib.util
 import os
 import shutil
 from dataclasses import dataclass
@@ -25,7 +26,28 @@ MASKED_LM_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "el
                    "camembert", "megatron-bert", "mpnet", "modernbert"}
 
 
-@dataclass
+class Caches:
+    """What a frozen backbone lets us compute once and reuse: token ids of every text seen, and (causal LMs) the
+    key/values of prompt-free prefixes. They live with the loaded model, shared by its precision views, so they
+    go when it goes and nothing process-wide needs clearing."""
+
+    def __init__(self):
+        self.tokens: dict[str, list[int]] = {}
+        self._prefix = None
+
+    def prefix(self, backbone: "Backbone"):
+        if self._prefix is None:
+            from .prefix_cache import PrefixCache
+            self._prefix = PrefixCache(backbone.trunk)
+        return self._prefix
+
+    def clear(self) -> None:
+        self.tokens.clear()
+        if self._prefix is not None:
+            self._prefix.clear()
+
+
+@dataclass(eq=False)  # one object per loaded model and precision: compared (and cached) by identity
 class Backbone:
     """A frozen LM split into what autoplace needs: the trunk, the input embeddings and the LM head."""
     name: str
@@ -33,6 +55,7 @@ class Backbone:
     tokenizer: object
     causal: bool
     precision: str = "fp32"  # "bf16": the frozen forward runs under bf16 autocast; prompts and optimizer stay fp32
+    caches: Caches = dataclasses.field(default_factory=Caches, repr=False, compare=False)
 
     @property
     def trunk(self) -> nn.Module:
@@ -60,6 +83,11 @@ class Backbone:
         return rest[0]
 
     @property
+    def prefix_cache(self):
+        """The key/value cache of prompt-free prefixes, shared by every template and trial on this backbone."""
+        return self.caches.prefix(self)
+
+    @property
     def device(self) -> torch.device:
         return self.embeddings.weight.device
 
@@ -67,9 +95,6 @@ class Backbone:
         """What an artifact must match to be loaded onto this backbone."""
         return {"model": self.name, "hidden_size": self.hidden_size, "vocab_size": self.vocab_size,
                 "causal": self.causal}
-
-
-_LOADED: dict[tuple, Backbone] = {}
 
 
 def cache_dir() -> Path:
@@ -119,18 +144,23 @@ def load_backbone(name: str, device: str | None = None, trust_remote_code: bool 
     """Load (once per process) and freeze a backbone: eval mode, no gradients, weights never change."""
     _quiet_transformers()
     device = resolve_device(device)
-    precision = resolve_precision(precision, device)
-    key = (name, device, trust_remote_code)
-    if key not in _LOADED:
-        model, tokenizer = _load(name, trust_remote_code)
-        model.eval().requires_grad_(False).to(device)
-        causal = not _is_masked_lm(model.config)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-        _LOADED[key] = Backbone(name, model, tokenizer, causal)
-    if (*key, precision) not in _LOADED:  # the weights stay fp32: one loaded model serves either precision
-        _LOADED[(*key, precision)] = dataclasses.replace(_LOADED[key], precision=precision)
-    return _LOADED[(*key, precision)]
+    return _view(_frozen(name, device, trust_remote_code), resolve_precision(precision, device))
+
+
+@functools.cache
+def _frozen(name: str, device: str, trust_remote_code: bool) -> Backbone:
+    """A process loads each backbone once: workers, trials and the winner's test all share it."""
+    model, tokenizer = _load(name, trust_remote_code)
+    model.eval().requires_grad_(False).to(device)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return Backbone(name, model, tokenizer, causal=not _is_masked_lm(model.config))
+
+
+@functools.cache
+def _view(backbone: Backbone, precision: str) -> Backbone:
+    """The weights stay fp32: one loaded model (and its caches) serves either precision."""
+    return dataclasses.replace(backbone, precision=precision)
 
 
 def is_causal(name: str, trust_remote_code: bool = False) -> bool:

@@ -8,7 +8,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import outdir
 from .errors import AutoplaceError
+from .inputs import field_text, json_lines, read_text
 
 EXIT_USAGE = 2
 
@@ -41,6 +43,14 @@ def _common(p: argparse.ArgumentParser, model_default: str | None = "smollm2-135
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
 
 
+def _out_args(p: argparse.ArgumentParser, flag: str = "--out", overwrite: bool = True, **kwargs) -> None:
+    """An output path (`~` expanded even when quoted) and, where it can replace something, --overwrite."""
+    p.add_argument(flag, type=os.path.expanduser, **kwargs)
+    if overwrite:
+        p.add_argument("--overwrite", action="store_true",
+                       help=f"replace what {flag} holds, if autoplace wrote it (a folder with other files is refused)")
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive(int), default=100)
     p.add_argument("--batch-size", type=_positive(int), default=8)
@@ -63,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", choices=["vocab", "random"], default=None)
     p.add_argument("--init-words", default=None, help="comma-separated words for vocab init")
     p.add_argument("--fresh", action="store_true", help="with --template DIR: start from scratch, not its weights")
-    p.add_argument("--out", required=True, help="artifact folder to write")
+    _out_args(p, required=True, help="artifact folder to write (new or empty; an older artifact needs --overwrite)")
     _common(p, model_default=None)
     _train_args(p)
 
@@ -75,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict labels for a jsonl file")
     p.add_argument("artifact")
     p.add_argument("--input", required=True)
-    p.add_argument("--output", default=None, help="default: stdout")
+    _out_args(p, "--output", default=None, help="file to write (default: stdout; an existing file needs --overwrite)")
     _common(p, model_default=None)
 
     from .search.cli import add_commands
-    add_commands(sub, _common, _positive)
+    add_commands(sub, _common, _positive, _out_args)
     return parser
 
 
@@ -103,25 +113,25 @@ def _template_source(arg: str | None, task) -> tuple[str, dict | None, str | Non
         return meta["template"], meta, arg
     if os.path.isdir(arg):
         raise AutoplaceError(f"--template {arg}: folder has no {artifact.META_FILE}")
-    if os.path.isfile(arg):
-        return Path(arg).read_text(encoding="utf-8").strip(), None, None
+    if os.path.isfile(arg):  # os.path checks never raise: text too long to be a path is template text
+        return read_text(arg, "template file").strip(), None, None
     return arg, None, None
 
 
 def cmd_train(args) -> None:
     from . import artifact
     from .backbones import load_backbone
-    from .pipeline import PromptConfig
+    from .plan import Budget, Plan, configs
     from .runner import export, fit, metadata, prepare
     from .tasks import get_task
-    from .trainer import TrainConfig
+    outdir.check(args.out, "artifact", args.overwrite)
     task = get_task(args.task)
     text, source_meta, source_dir = _template_source(args.template, task)
     previous = (source_meta or {}).get("prompt", {})
-    prompt = PromptConfig(template=text, encoder=args.encoder or previous.get("encoder", "lstm"),
-                          init=args.init or previous.get("init", "vocab"),
-                          init_words=[w for w in (args.init_words or "").split(",") if w.strip()],
-                          seed=args.seed, max_length=args.max_length)
+    plan = Plan(text, encoder=args.encoder or previous.get("encoder", "lstm"),
+                init=args.init or previous.get("init", "vocab"), lr=args.lr,
+                init_words=tuple(w for w in (args.init_words or "").split(",") if w.strip()))
+    prompt, cfg = configs(plan, Budget(args.steps, args.eval_every, args.batch_size, args.max_length), args.seed)
     model_name = args.model or (source_meta or {}).get("model") or "smollm2-135m"
     backbone = load_backbone(model_name, args.device, args.trust_remote_code, args.precision)
     init_state = None
@@ -129,8 +139,6 @@ def cmd_train(args) -> None:
         artifact.check_backbone(source_dir, source_meta, backbone.signature())
         init_state = artifact.load_weights(source_dir, source_meta)
     run = prepare(task, backbone, prompt, args.data_dir, init_state)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
-                      seed=args.seed)
     result = fit(run, cfg)
     test = run.evaluate("test")  # reported only; nothing is chosen on it
     meta = metadata(run, cfg, result, test, {"started_from": source_dir if init_state else None})
@@ -148,53 +156,54 @@ def cmd_eval(args) -> None:
 
 
 def cmd_predict(args) -> None:
+    from . import artifact
     from .runner import load
+    from .tasks import get_task
     from .trainer import predict
+    if args.output is not None:
+        outdir.check_file(args.output, args.overwrite)
+    meta = artifact.read_meta(args.artifact)
+    task = get_task(meta.get("task_file") or meta["task"])
+    examples = _read_jsonl(args.input, task.fields, task.coerce)  # bad input fails before the model loads
+    if not examples:
+        _write_output(args.output, "")
+        print(f"autoplace: input {args.input} has no examples; the output is empty", file=sys.stderr)
+        return
     run, _ = load(args.artifact, args.data_dir, args.model, args.device, args.trust_remote_code, args.precision)
-    examples = _read_jsonl(args.input, run.task.fields)
     items = run.featurizer.encode_all(examples)
     scores = predict(run.model, items)
-    tokenizer = run.backbone.tokenizer
-    lines = []
-    for row in scores:
-        best = int(row.argmax())
-        if run.task.kind == "cloze":
-            lines.append({"prediction": tokenizer.decode([best]).strip()})
-        else:
-            probs = row.softmax(-1).tolist()
-            lines.append({"prediction": run.task.labels[best],
-                          "scores": {label: round(p, 6) for label, p in zip(run.task.labels, probs)}})
-    text = "".join(json.dumps(line) + "\n" for line in lines)
-    if args.output is None:
+    lines = [run.task.kind.describe(run.task, row, run.backbone.tokenizer) for row in scores]
+    _write_output(args.output, "".join(json.dumps(line) + "\n" for line in lines))
+
+
+def _write_output(path: str | None, text: str) -> None:
+    """stdout, or the file written whole through a temporary sibling: a crash leaves no half-written output."""
+    if path is None:
         sys.stdout.write(text)
         return
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, out)
-
-
-def _read_jsonl(path: str, fields: list[str]) -> list[dict]:
+    out = Path(path)
+    tmp = None
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, out)
     except OSError as exc:
-        raise AutoplaceError(f"input {path}: {exc.strerror}") from None
+        raise AutoplaceError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _read_jsonl(path: str, fields: list[str], coerce: bool = False) -> list[dict]:
+    """The examples to predict: each line a JSON object with the task's fields as text (labels are ignored)."""
     examples = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            example = json.loads(line)
-        except ValueError as exc:
-            raise AutoplaceError(f"input {path} line {n}: broken JSON ({exc})") from None
-        missing = [f for f in fields if not isinstance(example, dict) or f not in example]
+    for n, row in json_lines(path, "input"):
+        missing = [f for f in fields if f not in row]
         if missing:
             raise AutoplaceError(f"input {path} line {n}: field {missing[0]!r} missing")
-        examples.append({f: example[f] for f in fields})  # labels, if any, are not needed to predict
-    if not examples:
-        raise AutoplaceError(f"input {path}: no examples")
+        examples.append({f: field_text(row[f], f"input {path} line {n}", f, coerce) for f in fields})
     return examples
 
 

@@ -16,17 +16,17 @@ INITS = ("vocab", "random")
 
 
 class PromptEncoder(nn.Module):
-    def __init__(self, init_vectors: torch.Tensor, kind: str = "lstm"):
+    def __init__(self, init_vectors: torch.Tensor, encoder_type: str = "lstm"):
         super().__init__()
-        if kind not in ENCODERS:
-            raise AutoplaceError(f"unknown encoder {kind!r} (use {', '.join(ENCODERS)})")
-        self.kind = kind
+        if encoder_type not in ENCODERS:
+            raise AutoplaceError(f"unknown encoder {encoder_type!r} (use {', '.join(ENCODERS)})")
+        self.encoder_type = encoder_type
         n_tokens, hidden = init_vectors.shape
         self.input = nn.Parameter(init_vectors.detach().clone().float())
-        if kind == "lstm":
+        if encoder_type == "lstm":
             self.lstm = nn.LSTM(hidden, hidden // 2, num_layers=2, bidirectional=True, batch_first=True)
-        if kind != "none":
-            in_size = 2 * (hidden // 2) if kind == "lstm" else hidden
+        if encoder_type != "none":
+            in_size = 2 * (hidden // 2) if encoder_type == "lstm" else hidden
             self.mlp = nn.Sequential(nn.Linear(in_size, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
             nn.init.zeros_(self.mlp[-1].weight)
             nn.init.zeros_(self.mlp[-1].bias)
@@ -37,9 +37,9 @@ class PromptEncoder(nn.Module):
 
     def forward(self) -> torch.Tensor:
         """All prompt vectors, shape (n_tokens, hidden)."""
-        if self.kind == "none":
+        if self.encoder_type == "none":
             return self.input
-        features = self.lstm(self.input[None])[0][0] if self.kind == "lstm" else self.input
+        features = self.lstm(self.input[None])[0][0] if self.encoder_type == "lstm" else self.input
         return self.input + self.mlp(features)
 
 

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 import torch
 
 from .errors import AutoplaceError
-from .tasks import Task, label_key
+from .tasks import Task
 from .template import Mask, Slot, Template, segments
 
 NO_SLOT = -1
-_TOKEN_CACHE: dict[int, dict[str, list[int]]] = {}  # per tokenizer: text -> ids, shared by all templates
 
 
 @dataclass
@@ -25,10 +24,10 @@ class Encoded:
 class Featurizer:
     """Turns a task's examples into model inputs for one template on one backbone."""
 
-    def __init__(self, template: Template, task: Task, tokenizer, causal: bool, max_length: int = 256):
-        self.template, self.task, self.tokenizer, self.causal = template, task, tokenizer, causal
-        self.max_length = max_length
-        self._cache = _TOKEN_CACHE.setdefault(id(tokenizer), {})
+    def __init__(self, template: Template, task: Task, backbone, max_length: int = 256):
+        self.template, self.task, self.max_length = template, task, max_length
+        self.tokenizer, self.causal = tokenizer, causal = backbone.tokenizer, backbone.causal
+        self._cache = backbone.caches.tokens  # text -> ids, shared by every template on this backbone
         probe = tokenizer("x").input_ids
         bare = tokenizer("x", add_special_tokens=False).input_ids
         at = _find(probe, bare)
@@ -82,19 +81,7 @@ class Featurizer:
         slots += [NO_SLOT] * len(self.suffix)
         if answer < 0:
             raise AutoplaceError("a causal model needs some input before [MASK]")
-        return Encoded(ids, slots, answer, *self._label(example))
-
-    def _label(self, example: dict) -> tuple[int, list[int]]:
-        """(label, targets); -1 and [] for unlabelled input (prediction)."""
-        if self.task.kind == "cloze":
-            value = example.get(self.task.target_field)
-            if value is None:
-                return -1, []
-            answers = value if isinstance(value, list) else [value]
-            targets = [self.first_token(" " + str(a).strip(), "cloze target") for a in answers]
-            return targets[0], targets
-        value = example.get(self.task.label_field)
-        return (-1 if value is None else self.task.labels.index(label_key(value))), []
+        return Encoded(ids, slots, answer, *self.task.kind.encode_answer(self.task, example, self.first_token))
 
     def _truncate(self, pieces: list, texts: list) -> None:
         """Shorten text fields only, longest first; prompts, literals and [MASK] always survive."""

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from .backbones import Backbone
 from .encoders import PromptEncoder
 from .encoding import NO_SLOT
-from .prefix_cache import first_slot, rest_of, shared_cache
+from .prefix_cache import first_slot, rest_of
 
 
 class PromptedModel(nn.Module):
@@ -29,6 +29,8 @@ class PromptedModel(nn.Module):
         self.cloze = label_ids is None
         self.use_prefix_cache = use_prefix_cache
         self.register_buffer("label_ids", torch.tensor(label_ids or [], dtype=torch.long), persistent=False)
+        self.content_free = None  # encoded content-free inputs when the scores are calibrated (calibration.py)
+        self.log_prior = None     # their log label distribution, p_cf, for the prompt as it is now
 
     def embed(self, input_ids: torch.Tensor, slot_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings with prompt vectors at the slot positions, in one vectorised step."""
@@ -64,7 +66,7 @@ class PromptedModel(nn.Module):
     def prefix_cache(self):
         """The backbone's shared prefix cache, or None where it does not apply (off, masked LM, no prompt)."""
         applies = self.use_prefix_cache and self.backbone.causal and self.encoder.n_tokens > 0
-        cache = shared_cache(self.backbone) if applies else None
+        cache = self.backbone.prefix_cache if applies else None
         return cache if cache is not None and cache.supported else None
 
     def score(self, at_answer: torch.Tensor) -> torch.Tensor:

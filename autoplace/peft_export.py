@@ -77,15 +77,15 @@ def export_peft(run: Prompted, out_dir: str | Path) -> Path:
         num_virtual_tokens=n_tokens, token_dim=hidden, num_transformer_submodules=1,
         num_attention_heads=getattr(model_config, "num_attention_heads", None),
         num_layers=getattr(model_config, "num_hidden_layers", None),
-        encoder_reparameterization_type="LSTM" if run.model.encoder.kind == "lstm" else "MLP",
+        encoder_reparameterization_type="LSTM" if run.model.encoder.encoder_type == "lstm" else "MLP",
         encoder_hidden_size=hidden)
     info = {"template": run.featurizer.template.text, "task": run.task.name, "model": run.backbone.name,
-            "encoder": run.model.encoder.kind, "verbalizer": run.task.verbalizer,
+            "encoder": run.model.encoder.encoder_type, "verbalizer": run.task.verbalizer,
             "label_ids": list(run.featurizer.label_ids), "num_virtual_tokens": n_tokens,
             "usage": "peft.PeftModel.from_pretrained(base_model, this_folder); feed autoplace's token ids without "
                      "the slot positions, right-padded, and read the logits at the last real position"}
 
-    with staged(out_dir) as tmp:
+    with staged(out_dir, "peft") as tmp:
         config.save_pretrained(str(tmp))
         save_file({"prompt_embeddings": vectors}, tmp / SAFETENSORS_WEIGHTS_NAME, metadata={"format": "pt"})
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")

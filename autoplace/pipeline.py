@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .backbones import Backbone
+from .calibration import content_free_examples
 from .encoders import PromptEncoder, init_vectors
 from .encoding import Featurizer
 from .model import PromptedModel
@@ -21,6 +22,8 @@ class PromptConfig:
     init_words: list[str] = field(default_factory=list)  # vocab init from these words instead of sampled rows
     seed: int = 0
     max_length: int = 256
+    verbalizer: dict[str, str] | None = None  # label -> word; None: the task's own
+    calibrate: bool = False                   # divide label probabilities by the content-free ones (Zhao et al.)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -31,14 +34,16 @@ def parse_for(task: Task, backbone: Backbone, text: str) -> Template:
 
 
 def build(task: Task, backbone: Backbone, cfg: PromptConfig) -> tuple[Featurizer, PromptedModel]:
+    task = task.with_words(cfg.verbalizer) if cfg.verbalizer else task
     template = parse_for(task, backbone, cfg.template)
-    featurizer = Featurizer(template, task, backbone.tokenizer, backbone.causal, cfg.max_length)
+    featurizer = Featurizer(template, task, backbone, cfg.max_length)
     word_ids = [i for w in cfg.init_words for i in featurizer.tokens(" " + w.strip())]
     vectors = init_vectors(backbone.embeddings.weight, template.n_prompt_tokens, cfg.init, cfg.seed, word_ids,
                            backbone.tokenizer.all_special_ids)
     with torch.random.fork_rng(devices=[]):  # the encoder's layers depend on the seed, not on what ran before
         torch.manual_seed(cfg.seed)
         encoder = PromptEncoder(vectors, cfg.encoder if template.n_prompt_tokens else "none")
-    label_ids = None if task.kind == "cloze" else featurizer.label_ids
-    model = PromptedModel(backbone, encoder, label_ids).to(backbone.device)
+    model = PromptedModel(backbone, encoder, task.kind.scored_rows(featurizer.label_ids)).to(backbone.device)
+    if cfg.calibrate:  # p_cf itself is computed once the prompt's weights are in place (runner.prepare)
+        model.content_free = featurizer.encode_all(content_free_examples(task))
     return featurizer, model

@@ -17,7 +17,6 @@ The attention mask covers both parts (zeros at the pads); the rest's position id
 from __future__ import annotations
 
 import inspect
-import weakref
 from collections import OrderedDict
 
 import torch
@@ -99,16 +98,6 @@ def rest_of(cut: torch.Tensor, attention_mask: torch.Tensor, *columns: torch.Ten
     index = index.clamp(max=attention_mask.shape[1] - 1)  # pads keep a position in range; the mask hides them
     gathered = [torch.where(valid, col.gather(1, index), value) for col, value in zip(columns, fill)]
     return index, valid.long(), *gathered
-
-
-_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def shared_cache(backbone) -> PrefixCache:
-    """One cache per loaded backbone, shared by every model, template and trial on it."""
-    if backbone.model not in _SHARED:
-        _SHARED[backbone.model] = PrefixCache(backbone.trunk)
-    return _SHARED[backbone.model]
 
 
 def _supported(trunk: torch.nn.Module) -> bool:

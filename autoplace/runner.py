@@ -7,8 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import artifact
+import torch
+
+from . import artifact, calibration
 from .backbones import Backbone, load_backbone
+from .calibration import CONTENT_FREE
 from .encoding import Featurizer
 from .errors import AutoplaceError
 from .model import PromptedModel
@@ -43,7 +46,8 @@ def prepare(task: Task, backbone: Backbone, prompt: PromptConfig, data_dir: str 
         except RuntimeError:
             raise AutoplaceError("the starting prompt's weights do not fit this template/encoder "
                                  "(pass --fresh to start from scratch)") from None
-    return Prompted(task, backbone, prompt, featurizer, model, data_dir)
+    calibration.refresh(model)
+    return Prompted(featurizer.task, backbone, prompt, featurizer, model, data_dir)  # the task with the prompt's words
 
 
 def fit(run: Prompted, cfg: TrainConfig, callback=None, progress: bool | None = None) -> TrainResult:
@@ -58,8 +62,16 @@ def metadata(run: Prompted, cfg: TrainConfig, result: TrainResult, test: dict | 
         "model": run.backbone.name, "backbone": run.backbone.signature(), "precision": run.backbone.precision,
         "verbalizer": run.task.verbalizer, "prompt": run.prompt.to_dict(), "train": cfg.to_dict(),
         "steps": result.steps_done, "best_step": result.best_step, "dev": result.dev, "test": test,
-        "train_seconds": round(result.train_seconds, 3), **(extra or {}),
+        "train_seconds": round(result.train_seconds, 3), **calibration_meta(run), **(extra or {}),
     }
+
+
+def calibration_meta(run: Prompted) -> dict:
+    """The final prompt's p_cf, so eval and predict apply exactly the calibration that dev scored."""
+    if run.model.log_prior is None:
+        return {}
+    return {"calibration": {"content_free": list(CONTENT_FREE), "labels": run.task.labels,
+                            "p_cf": run.model.log_prior.exp().tolist()}}
 
 
 def export(out_dir: str | Path, run: Prompted, meta: dict) -> Path:
@@ -85,4 +97,8 @@ def rebuild(path: str | Path, meta: dict, weights: dict, task: Task, backbone: B
         prompt = PromptConfig(**meta["prompt"])
     except TypeError as exc:
         raise AutoplaceError(f"artifact {path}: its prompt settings do not fit this version ({exc})") from None
-    return prepare(task, backbone, prompt, data_dir, weights)
+    run = prepare(task, backbone, prompt, data_dir, weights)
+    stored = meta.get("calibration")
+    if prompt.calibrate and stored:
+        run.model.log_prior = torch.tensor(stored["p_cf"], device=backbone.device).log()
+    return run

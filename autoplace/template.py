@@ -70,7 +70,9 @@ def _error(text: str, column: int, problem: str) -> TemplateError:
 
 
 def parse(text: str) -> Template:
-    """Parse template text into parts; raise TemplateError naming the problem and its column."""
+    """Parse template text into parts; raise TemplateError naming the problem and its column. A written ``\\n``
+    (as typed on a command line or in single-quoted YAML) is a newline."""
+    text = text.replace("\\n", "\n") if isinstance(text, str) else text
     if not text or not text.strip():
         raise TemplateError("template is empty")
     parts: list[Part] = []

@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from . import calibration
 from .backbones import Backbone
 from .encoding import Encoded, collate
 from .errors import AutoplaceError
@@ -83,6 +84,7 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
         if not math.isfinite(losses[-1]):
             raise NonFiniteLoss(f"loss is {losses[-1]} at step {step}")
         if step in scored_at:
+            calibration.refresh(model)  # the prompt moved, and so did its content-free bias
             dev = evaluate(model, task, dev_items, cfg.eval_batch_size)[0]
             score = dev[task.primary_metric]
             history.append((step, score))
@@ -98,6 +100,7 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
         history.append((0, best[0]))
     elif best[3] is not None:
         model.encoder.load_state_dict(best[3])
+        calibration.refresh(model)
     return TrainResult(best[2], best[1], step if params else 0, seconds, history, losses, stopped)
 
 
@@ -117,8 +120,9 @@ def train_step(model: PromptedModel, batch: dict, optimizer: torch.optim.Optimiz
 
 
 @torch.no_grad()
-def predict(model: PromptedModel, items: list[Encoded], batch_size: int = 32) -> torch.Tensor:
-    """Scores for every item, in input order; batches are formed by length to waste little padding."""
+def predict(model: PromptedModel, items: list[Encoded], batch_size: int = 32, calibrated: bool = True) -> torch.Tensor:
+    """Scores for every item, in input order (calibrated when the model is); batches are formed by length to waste
+    little padding."""
     device, pad = model.backbone.device, model.backbone.tokenizer.pad_token_id
     order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     out = [None] * len(items)
@@ -128,7 +132,8 @@ def predict(model: PromptedModel, items: list[Encoded], batch_size: int = 32) ->
             scores = model(**collate([items[i] for i in idx], pad, device)).float().cpu()
         for row, i in enumerate(idx):
             out[i] = scores[row]
-    return torch.stack(out) if out else torch.empty(0)
+    scores = torch.stack(out) if out else torch.empty(0)
+    return calibration.apply(scores, model.log_prior) if calibrated and len(scores) else scores
 
 
 def evaluate(model: PromptedModel, task: Task, items: list[Encoded], batch_size: int = 32) -> tuple[dict, list[int]]:
@@ -137,6 +142,4 @@ def evaluate(model: PromptedModel, task: Task, items: list[Encoded], batch_size:
     model.eval()
     best = predict(model, items, batch_size).argmax(-1).tolist()
     model.train(was_training)
-    if task.kind == "cloze":
-        return task.score([p in it.targets for p, it in zip(best, items)], None), best
-    return task.score(best, [it.label for it in items]), best
+    return task.score(best, items), best

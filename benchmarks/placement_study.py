@@ -20,14 +20,13 @@ import time
 from common import DATA, mean_std, subset_task, write_results
 
 from autoplace.backbones import PRECISIONS, load_backbone
-from autoplace.pipeline import PromptConfig
+from autoplace.plan import Budget, Plan, configs
 from autoplace.runner import fit, prepare
 from autoplace.search.run import search
 from autoplace.search.space import default_space_path, load_space
 from autoplace.search.storage import default_url
 from autoplace.search.study import SearchConfig
 from autoplace.tasks import get_task
-from autoplace.trainer import TrainConfig
 
 BUDGETS = {
     # small cuts: 12 steps per run, inputs truncated to 96 tokens, test subsets (BoolQ 500, MR 500 of val/test),
@@ -62,11 +61,10 @@ def task_for(name: str, budget: dict):
     return (subset_task(task, keep) if keep else task), data_dir, keep
 
 
-def train_row(task, backbone, data_dir, template, encoder, init, lr, seed, budget) -> dict:
-    run = prepare(task, backbone, PromptConfig(template, encoder=encoder, init=init, seed=seed,
-                                               max_length=budget["max_length"]), data_dir)
-    cfg = TrainConfig(steps=budget["steps"], batch_size=budget["batch_size"], lr=lr,
-                      eval_every=budget["eval_every"], seed=seed)
+def train_row(task, backbone, data_dir, plan: Plan, seed, budget) -> dict:
+    prompt, cfg = configs(plan, Budget(**{k: budget[k] for k in ("steps", "eval_every", "batch_size", "max_length")}),
+                          seed)
+    run = prepare(task, backbone, prompt, data_dir)
     result = fit(run, cfg, progress=False)
     test = run.evaluate("test")
     return {"seed": seed, "dev": result.dev[task.primary_metric], "test": test[task.primary_metric],
@@ -80,14 +78,14 @@ def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int]) 
     ref = space.reference
     rows = {}
     print(f"== {name}: zero-shot", flush=True)
-    zero = train_row(task, backbone, data_dir, space.manual_template, "none", "vocab", ref.lr, seeds[0], budget)
+    zero = train_row(task, backbone, data_dir, Plan(space.manual_template, "none", "vocab", ref.lr), seeds[0], budget)
     rows["zero-shot"] = {"template": space.manual_template, "runs": [zero]}  # no training: one run is all of it
     prefix = f"[P:{ref.total_length}] {space.manual_template}"
-    plans = {"prefix (PEFT-style)": (prefix, "mlp", "random", ref.lr)}
+    plans = {"prefix (PEFT-style)": Plan(prefix, "mlp", "random", ref.lr)}
     for cls in ("start-only", "middle-only", "end-only", "mixed"):
         if cls in refs:
-            plans[cls] = (space.render({k.split(":", 1)[1]: v for k, v in refs[cls].items()
-                                        if k.startswith("length:")}), ref.encoder, ref.init, ref.lr)
+            plans[cls] = Plan(space.render({k.split(":", 1)[1]: v for k, v in refs[cls].items()
+                                            if k.startswith("length:")}), ref.encoder, ref.init, ref.lr)
     print(f"== {name}: search", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = SearchConfig(task=name, space=str(default_space_path(name)), out=tmp, storage=default_url(tmp),
@@ -100,13 +98,12 @@ def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int]) 
         found = search(cfg, task)  # the search sees the same subsets
         search_seconds = time.time() - started
         best = json.loads(open(f"{tmp}/best/template.json").read())
-    plans["autoplace search"] = (found["template"], best["prompt"]["encoder"], best["prompt"]["init"],
-                                 best["train"]["lr"])
-    for row, (template, encoder, init, lr) in plans.items():
-        print(f"== {name}: {row}: {template}", flush=True)
-        rows[row] = {"template": template, "encoder": encoder, "init": init, "lr": lr,
-                     "runs": [train_row(task, backbone, data_dir, template, encoder, init, lr, s, budget)
-                              for s in seeds]}
+    plans["autoplace search"] = Plan(found["template"], best["prompt"]["encoder"], best["prompt"]["init"],
+                                     best["train"]["lr"])
+    for row, plan in plans.items():
+        print(f"== {name}: {row}: {plan.template}", flush=True)
+        rows[row] = {"template": plan.template, "encoder": plan.encoder, "init": plan.init, "lr": plan.lr,
+                     "runs": [train_row(task, backbone, data_dir, plan, s, budget) for s in seeds]}
     for row in rows.values():
         row["test_mean"], row["test_std"] = mean_std([r["test"] for r in row["runs"]])
         row["dev_mean"], row["dev_std"] = mean_std([r["dev"] for r in row["runs"]])

@@ -19,7 +19,6 @@ import optuna
 from common import DATA, write_results
 
 from autoplace.backbones import PRECISIONS, load_backbone
-from autoplace.prefix_cache import shared_cache
 from autoplace.search.run import search
 from autoplace.search.space import default_space_path
 from autoplace.search.storage import default_url
@@ -27,7 +26,7 @@ from autoplace.search.study import SearchConfig
 
 
 def run_one(pruner: str, args, backbone) -> dict:
-    shared_cache(backbone).clear()  # each search starts cold: cached prefixes from the last one would flatter it
+    backbone.caches.clear()  # each search starts cold: cached prefixes and tokens from the last would flatter it
     with tempfile.TemporaryDirectory() as tmp:
         cfg = search_config(pruner, args, tmp)
         started = time.perf_counter()

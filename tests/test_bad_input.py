@@ -1,10 +1,16 @@
-"""The bad-input suite: every case exits non-zero with one line naming the problem, and writes nothing."""
+"""The bad-input suite: every case exits with status 2 and one line naming the problem, and writes nothing."""
+import errno
 import json
+import os
+import pathlib
 import shutil
 
 import pytest
+import torch
 
+from autoplace import artifact
 from autoplace.cli import main
+from autoplace.errors import AutoplaceError
 from conftest import FEWGLUE, synthetic_rows, write_jsonl
 
 TOY_YAML = ('name: toy\ndata_files: {train: train.jsonl, dev: dev.jsonl, test: test.jsonl}\nfields: [sentence]\n'
@@ -33,8 +39,13 @@ def _task(root, tmp, **files):
     for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "toy.yaml"):
         shutil.copy(root / name, tmp / name)
     for name, text in files.items():
-        (tmp / name.replace("_", ".")).write_text(text)
+        _write(tmp / name.replace("_", "."), text)
     return str(tmp / "toy.yaml")
+
+
+def _write(path, content):
+    """Text, or bytes for files that are not text at all."""
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
 
 
 def _artifact(root, tmp, change=None):
@@ -74,6 +85,9 @@ def train(tmp, task, *extra, template="[P:2] {sentence} It was [MASK]"):
     return ["train", "--task", task, "--model", "tiny-gpt2", "--template", template, "--steps", "2",
             "--out", str(tmp / "out"), *extra]
 
+
+LATIN1 = "caf\u00e9\n".encode("latin-1")  # a file saved in another encoding
+BINARY = b"\x00\x01\x02\x03binary\x00"
 
 CASES = {
     # templates
@@ -153,21 +167,71 @@ CASES = {
     "cli absent device": (lambda r, t: train(t, _task(r, t), "--device", "cuda:99"), "device 'cuda:99'"),
     "search unknown device": (lambda r, t: _search(r, t) + ["--devices", "cpu,foo"], "device 'foo' is not a device"),
     "predict broken input": (lambda r, t: _predict(r, t, '{"sentence": "a"\n'), "in.jsonl line 1: broken JSON"),
+    # files that are not UTF-8 text, wherever a file is read
+    "predict input not UTF-8": (lambda r, t: _predict(r, t, '{"sentence": "ok"}\n'.encode() + LATIN1),
+                                "in.jsonl line 2: not UTF-8 text (byte 0xe9)"),
+    "predict input binary": (lambda r, t: _predict(r, t, BINARY), "in.jsonl line 1: holds a NUL byte"),
+    "data file not UTF-8": (lambda r, t: train(t, _task(r, t, dev_jsonl=LATIN1)), "dev.jsonl line 1: not UTF-8 text"),
+    "data file binary": (lambda r, t: train(t, _task(r, t, train_jsonl=BINARY)), "train.jsonl line 1: holds a NUL byte"),
+    "data csv not UTF-8": (lambda r, t: train(t, _task(r, t, toy_yaml=TOY_YAML.replace("dev.jsonl", "dev.csv"),
+                                                       dev_csv=b"sentence,label\n" + LATIN1)),
+                           "dev.csv line 2: not UTF-8 text"),
+    "task file not UTF-8": (lambda r, t: train(t, _task(r, t, toy_yaml=TOY_YAML.encode() + b"# " + LATIN1)),
+                            "toy.yaml line 6: not UTF-8 text"),
+    "task file binary": (lambda r, t: train(t, _task(r, t, toy_yaml=BINARY)), "toy.yaml line 1: holds a NUL byte"),
+    "space file not UTF-8": (lambda r, t: _search(r, t, space=LATIN1), "space.yaml line 1: not UTF-8 text"),
+    "space file binary": (lambda r, t: _search(r, t, space=BINARY), "space.yaml line 1: holds a NUL byte"),
+    "template file not UTF-8": (lambda r, t: train(t, _task(r, t, tpl_txt=LATIN1), template=str(t / "tpl.txt")),
+                                "template file"),
+    "space number not finite": (lambda r, t: _search(r, t, space=SPACE_YAML + "lr: {low: .inf, high: .nan}\n"),
+                                "key 'lr.low' must be a finite number"),
+    # a template too long to be a path is template text
+    "template longer than a path": (lambda r, t: train(t, _task(r, t), template="{sentence} " + "[P:65] " * 40 + "[MASK]"),
+                                    "slot length 65 is outside 1-64"),
+    # values that are not text are refused, naming the line and field, unless the task says coerce: true
+    "predict field a number": (lambda r, t: _predict(r, t, '{"sentence": "a"}\n{"sentence": 12}\n'),
+                               "in.jsonl line 2: field 'sentence' is a number, not text"),
+    "predict field null": (lambda r, t: _predict(r, t, '{"sentence": null}\n'), "line 1: field 'sentence' is null"),
+    "predict field a list": (lambda r, t: _predict(r, t, '{"sentence": ["a"]}\n'), "field 'sentence' is a list"),
+    "predict field an object": (lambda r, t: _predict(r, t, '{"sentence": {"a": 1}}\n'),
+                                "field 'sentence' is an object"),
+    "data field a number": (lambda r, t: train(t, _task(r, t, dev_jsonl='{"sentence": "a", "label": "pos"}\n'
+                                                                  '{"sentence": 7, "label": "neg"}\n')),
+                            "split dev, example 2: field 'sentence' is a number"),
+    "data field null": (lambda r, t: train(t, _task(r, t, dev_jsonl='{"sentence": null, "label": "pos"}\n')),
+                        "split dev, example 1: field 'sentence' is null"),
+    "task coerce not a boolean": (lambda r, t: train(t, _task(r, t, toy_yaml=TOY_YAML + "coerce: sometimes\n")),
+                                  "key 'coerce' must be true or false"),
+    # an input line over 1 MB
+    "predict line over 1 MB": (lambda r, t: _predict(r, t, json.dumps({"sentence": "a" * 1_000_000}) + "\n"),
+                               "in.jsonl line 1: over 1 MB of text"),
+    "data line over 1 MB": (lambda r, t: train(t, _task(r, t, train_jsonl='{"sentence": "a", "label": "pos"}\n' + json.dumps(
+        {"sentence": "a" * 1_000_000, "label": "neg"}) + "\n")), "train.jsonl line 2: over 1 MB of text"),
+    # --out: never a user's folder, never the current or home folder
+    "out is the current folder": (lambda r, t: train(t, _task(r, t))[:-1] + ["."], "--out . is the current folder"),
+    "out is home": (lambda r, t: train(t, _task(r, t))[:-1] + ["~"], "is your home folder"),
+    "out is above the current folder": (lambda r, t: train(t, _task(r, t))[:-1] + [os.path.dirname(os.getcwd())],
+                                        "is a folder above the current or home folder"),
+    "search out is the root": (lambda r, t: _search(r, t)[:-2] + ["--out", "/"], "--out / is a folder above"),
+    "export out is home": (lambda r, t: ["export", "--storage", f"sqlite:///{r}/study/study.db", "--study-name",
+                                         "autoplace-toy", "--out", os.path.expanduser("~"), "--overwrite"],
+                           "is your home folder"),
 }
+
 
 
 def _search(root, tmp, space=None, storage=None):
     path = root / "space.yaml"
     if space is not None:
         path = tmp / "space.yaml"
-        path.write_text(space)
+        _write(path, space)
     args = ["search", "--task", str(root / "toy.yaml"), "--space", str(path), "--model", "tiny-gpt2",
             "--n-trials", "2", "--out", str(tmp / "out")]
     return args + (["--storage", storage] if storage else [])
 
 
 def _predict(root, tmp, text):
-    (tmp / "in.jsonl").write_text(text)
+    _write(tmp / "in.jsonl", text)
     return ["predict", str(root / "artifact"), "--input", str(tmp / "in.jsonl"), "--output", str(tmp / "out")]
 
 
@@ -178,13 +242,143 @@ def test_bad_input(case, trained, tmp_path, capsys):
     before = sorted(p.name for p in tmp_path.iterdir())
     code = main(args)
     err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0
+    assert code == 2
     assert len(err) == 1 and err[0].startswith("autoplace: error: "), err
     assert needle in err[0], err[0]
     assert "Traceback" not in err[0] and "hunter2" not in err[0]
     assert not (tmp_path / "out").exists()  # nothing half-written
     after = sorted(p.name for p in tmp_path.iterdir())
     assert after == before
+
+
+# -- --out: a user's files are never lost ------------------------------------------------------------------------
+def _with_out(args, out):
+    """args with the value after --out replaced."""
+    i = args.index("--out") + 1
+    return args[:i] + [str(out)] + args[i + 1:]
+
+
+def _study_args(root, command, *extra):
+    return [command, "--storage", f"sqlite:///{root}/study/study.db", "--study-name", "autoplace-toy", "--out", "x",
+            *extra]
+
+
+OUT_COMMANDS = {
+    "train": lambda r, t: train(t, _task(r, t)),
+    "search": lambda r, t: _search(r, t),
+    "export": lambda r, t: _study_args(r, "export"),
+    "export peft": lambda r, t: _study_args(r, "export", "--format", "peft"),
+    "report": lambda r, t: _study_args(r, "report"),
+}
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def _one_line_error(capsys, args, needle):
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("autoplace: error: "), (code, err)
+    assert needle in err[0], err[0]
+
+
+@pytest.mark.parametrize("command, overwrite", [(c, o) for c in OUT_COMMANDS for o in (False, True)
+                                                if not (c == "search" and o)])  # search has no --overwrite
+def test_out_never_replaces_a_users_folder(command, overwrite, trained, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_text("my notes")
+    (mine / "sub" / "y.txt").write_text("more of mine")
+    args = _with_out(OUT_COMMANDS[command](trained, tmp_path), mine) + (["--overwrite"] if overwrite else [])
+    before, listing = _snapshot(mine), sorted(os.listdir(tmp_path))
+    _one_line_error(capsys, args, f"--out {mine} holds notes.txt, which autoplace did not write")
+    assert _snapshot(mine) == before and sorted(os.listdir(tmp_path)) == listing
+
+
+def test_an_older_artifact_is_replaced_only_with_overwrite(trained, tmp_path, capsys):
+    art = pathlib.Path(_artifact(trained, tmp_path))
+    before = _snapshot(art)
+    args = _with_out(train(tmp_path, _task(trained, tmp_path), template="[P:3] {sentence} It was [MASK]"), art)
+    _one_line_error(capsys, args, f"--out {art} already holds an autoplace artifact folder; pass --overwrite")
+    assert _snapshot(art) == before
+    listing = sorted(os.listdir(tmp_path))
+    assert main(args + ["--overwrite"]) == 0
+    assert json.loads((art / "template.json").read_text())["template"] == "[P:3] {sentence} It was [MASK]"
+    assert sorted(os.listdir(tmp_path)) == listing  # replaced in place: no temporary or old folder left
+
+
+def test_search_resumes_its_own_folder_but_refuses_an_artifact(trained, tmp_path, capsys):
+    art = _artifact(trained, tmp_path)
+    _one_line_error(capsys, _with_out(_search(trained, tmp_path), art), "is an autoplace artifact folder, not a search")
+    study = tmp_path / "study"
+    shutil.copytree(trained / "study", study)
+    assert main(_with_out(_search(trained, tmp_path), study)) == 0  # the same search again: nothing new to do
+    assert json.loads(capsys.readouterr().out)["trials"]["complete"] == 2
+
+
+def test_report_writes_into_a_search_folder_only_with_overwrite(trained, tmp_path, capsys):
+    study = tmp_path / "study"
+    shutil.copytree(trained / "study", study)
+    (study / "report.md").unlink()
+    args = _with_out(_study_args(trained, "report"), study)
+    _one_line_error(capsys, args, f"--out {study} already holds an autoplace search folder; pass --overwrite")
+    assert not (study / "report.md").exists()
+    assert main(args + ["--overwrite"]) == 0
+    assert (study / "report.md").is_file() and json.loads((study / ".autoplace.json").read_text())["kind"] == "search"
+
+
+def test_predict_never_overwrites_a_file_without_overwrite(trained, tmp_path, capsys):
+    (tmp_path / "in.jsonl").write_text('{"sentence": "the movie was great"}\n')
+    out = tmp_path / "preds.jsonl"
+    out.write_text("keep me\n")
+    args = ["predict", str(trained / "artifact"), "--input", str(tmp_path / "in.jsonl"), "--output", str(out)]
+    _one_line_error(capsys, args, f"--output {out} exists; pass --overwrite to replace it")
+    assert out.read_text() == "keep me\n"
+    assert main(args + ["--overwrite"]) == 0
+    assert json.loads(out.read_text())["prediction"] in ("pos", "neg")
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl", "preds.jsonl"]
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n"])
+def test_predict_on_an_empty_input_writes_an_empty_output_and_says_so(text, trained, tmp_path, capsys):
+    (tmp_path / "in.jsonl").write_text(text)
+    out = tmp_path / "preds.jsonl"
+    assert main(["predict", str(trained / "artifact"), "--input", str(tmp_path / "in.jsonl"), "--output", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert out.read_text() == "" and len(err) == 1 and "has no examples; the output is empty" in err[0]
+
+
+def _meta():
+    return {"template": "[P:1] {sentence} [MASK]", "task": "toy", "model": "tiny-gpt2", "prompt": {}}
+
+
+def test_a_crash_mid_write_leaves_the_older_artifact_whole(trained, tmp_path, monkeypatch):
+    art = pathlib.Path(_artifact(trained, tmp_path))
+    before, listing = _snapshot(art), sorted(os.listdir(tmp_path))
+
+    def disk_full(tensors, path, *args, **kwargs):
+        pathlib.Path(path).write_bytes(b"half a file")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(artifact, "save_file", disk_full)
+    with pytest.raises(AutoplaceError, match=f"cannot write {art}: No space left on device"):
+        artifact.save(art, {"w": torch.zeros(2)}, _meta())
+    assert _snapshot(art) == before and sorted(os.listdir(tmp_path)) == listing
+
+
+def test_a_failed_swap_puts_the_older_artifact_back(trained, tmp_path, monkeypatch):
+    art = pathlib.Path(_artifact(trained, tmp_path))
+    before, listing = _snapshot(art), sorted(os.listdir(tmp_path))
+    rename = pathlib.Path.rename
+
+    def failing(self, target):
+        if pathlib.Path(target) == art and self.name != f".art.old-{os.getpid()}":  # the new folder's rename
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return rename(self, target)
+    monkeypatch.setattr(pathlib.Path, "rename", failing)
+    with pytest.raises(AutoplaceError, match="Input/output error"):
+        artifact.save(art, {"w": torch.zeros(2)}, _meta())
+    assert _snapshot(art) == before and sorted(os.listdir(tmp_path)) == listing
 
 
 def test_suite_is_large_enough():

@@ -104,7 +104,8 @@ def start_and_stop_mid_trial(cmd, url, name, env, stop):
             continue
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.number >= 1]
         running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
-        if done and running:
+        waiting = [t for t in trials if t.state == TrialState.WAITING]  # so the process is still busy when stopped
+        if done and running and waiting:
             break
     else:
         proc.kill()

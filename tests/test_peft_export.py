@@ -50,7 +50,7 @@ def test_peft_reproduces_autoplace_scores_and_predictions(exported):
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)
     preds = theirs.argmax(-1).tolist()
     assert preds == ours.argmax(-1).tolist()
-    assert run.task.score(preds, [it.label for it in items]) == run.evaluate("test")
+    assert run.task.score(preds, items) == run.evaluate("test")
 
 
 def test_right_padded_batches_of_different_lengths_match(exported):

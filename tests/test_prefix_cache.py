@@ -5,7 +5,7 @@ import torch
 from autoplace.backbones import load_backbone
 from autoplace.encoding import collate
 from autoplace.pipeline import PromptConfig, build
-from autoplace.prefix_cache import PrefixCache, first_slot, shared_cache
+from autoplace.prefix_cache import PrefixCache, first_slot
 from autoplace.tasks import get_task
 from autoplace.trainer import TrainConfig, predict, train
 
@@ -60,7 +60,7 @@ def test_cached_scores_and_prompt_gradients_equal_the_uncached_forward(tiny_gpt2
     cut = first_slot(batch["slot_ids"])
     with_prefix = int((cut > 0).sum())
     assert len(set(cut.tolist())) >= 4 and with_prefix == len(SENTENCES) - (template != END)  # "" has none
-    cache = shared_cache(tiny_gpt2)
+    cache = tiny_gpt2.prefix_cache
     cache.clear()
     misses = cache.misses
     _assert_same(model, batch, rtol=1e-5, atol=1e-5)
@@ -95,7 +95,7 @@ def test_prefix_only_templates_and_masked_lms_keep_the_plain_path(tiny_gpt2, tin
 
 
 def test_cache_is_shared_across_templates_and_never_changed_by_a_forward(tiny_gpt2, toy_task_file):
-    cache = shared_cache(tiny_gpt2)
+    cache = tiny_gpt2.prefix_cache
     cache.clear()
     task, feat, model = _model(tiny_gpt2, toy_task_file, END)
     items, batch = _batch(feat, tiny_gpt2)
@@ -111,7 +111,7 @@ def test_cache_is_shared_across_templates_and_never_changed_by_a_forward(tiny_gp
 
 
 def test_least_recently_used_prefixes_are_dropped_beyond_the_budget(tiny_gpt2, toy_task_file):
-    cache = shared_cache(tiny_gpt2)
+    cache = tiny_gpt2.prefix_cache
     cache.clear()
     task, feat, model = _model(tiny_gpt2, toy_task_file, END)
     _, first = _batch(feat, tiny_gpt2, SENTENCES[:2])
@@ -145,7 +145,7 @@ def test_training_and_prediction_with_the_cache_match_without(tiny_gpt2, toy_tas
 
 
 def test_repeated_examples_in_a_batch_share_one_entry(tiny_gpt2, toy_task_file):
-    cache = shared_cache(tiny_gpt2)
+    cache = tiny_gpt2.prefix_cache
     cache.clear()
     task, feat, model = _model(tiny_gpt2, toy_task_file, MIDDLE)
     _, batch = _batch(feat, tiny_gpt2, ["bad", "the movie was good", "bad", ""])
@@ -154,7 +154,7 @@ def test_repeated_examples_in_a_batch_share_one_entry(tiny_gpt2, toy_task_file):
 
 
 def test_autocast_key_values_are_kept_apart_from_full_precision_ones(tiny_gpt2, toy_task_file):
-    cache = shared_cache(tiny_gpt2)
+    cache = tiny_gpt2.prefix_cache
     cache.clear()
     task, feat, model = _model(tiny_gpt2, toy_task_file, END)
     _, batch = _batch(feat, tiny_gpt2, SENTENCES[:3])

@@ -6,6 +6,7 @@ from optuna.trial import TrialState
 
 from autoplace.cli import main
 from autoplace.search.space import load_space
+from autoplace.tasks import get_task
 from autoplace.search.study import make_pruner
 from autoplace.search.worker import keep_going
 from conftest import REPO
@@ -119,6 +120,26 @@ def test_two_workers_share_one_journal_storage(capsys, toy_task_file, space_file
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
 
 
+def test_every_worker_runs_the_task_it_was_given(toy_task_file, space_file, tmp_path):
+    """An in-process caller (a benchmark on a subset) passes its own Task: with 2 workers, every trial and the
+    winner must use it, not the task its name resolves to."""
+    import dataclasses
+    from autoplace.search.run import search as run_search
+    from autoplace.search.storage import default_url
+    from autoplace.search.study import SearchConfig
+    given = dataclasses.replace(get_task(str(toy_task_file)), name="the-given-task")
+    out = tmp_path / "s"
+    cfg = SearchConfig(task=str(toy_task_file), space=str(space_file), out=str(out), storage=default_url(out),
+                       study_name="given", model="tiny-gpt2", n_trials=4, workers=2, progress=False)
+    summary = run_search(cfg, given)
+    assert sum(w["complete"] + w["pruned"] for w in summary["workers"]) == 4
+    study = optuna.load_study(storage=default_url(out), study_name="given")
+    stored = [json.loads((out / "artifacts" / t.user_attrs["autoplace_artifact"]["ids"]["template.json"]).read_text())
+              for t in study.trials if t.state == TrialState.COMPLETE]
+    assert stored and {meta["task"] for meta in stored} == {"the-given-task"}
+    assert json.loads((out / "best" / "template.json").read_text())["task"] == "the-given-task"
+
+
 def test_export_then_train_from_it_then_eval(capsys, toy_task_file, space_file, tmp_path):
     out = tmp_path / "s"
     assert search(toy_task_file, space_file, out, "--n-trials", "5") == 0
@@ -184,7 +205,8 @@ def test_the_winner_is_tested_on_the_backbone_and_precision_its_trials_ran_on(mo
 
 
 @pytest.mark.parametrize("body, needle", [
-    ("skeleton: 5\n", "key 'skeleton' is required"),
+    ("skeleton: 5\n", "key 'skeleton' must be template text with <place> markers"),
+    ("slots: {min: 1, max: 2}\n", "key 'templates' or 'skeleton' is required"),
     ('skeleton: "{sentence} [MASK]"\n', "has no <place> markers"),
     ('skeleton: "<a> {sentence} [MASK]"\nlength: {min: 2, max: 99}\n', "key 'length' must stay within 1-64"),
     ('skeleton: "<a> {sentence} [MASK]"\nencoder: [gru]\n', "key 'encoder' must be a non-empty list"),
@@ -222,9 +244,22 @@ def test_shipped_spaces_load_and_build_references():
     nli = load_space(REPO / "search_spaces" / "nli.yaml")
     refs = dict(nli.references(causal=True))
     assert set(refs) == {"zero-shot", "start-only", "middle-only", "end-only", "mixed"}
-    assert nli.usable_places(causal=False)[-1] == "end" and "end" not in nli.usable_places(causal=True)
+    first = nli.skeletons[0]
+    assert first.usable_places(causal=False)[-1] == "end" and "end" not in first.usable_places(causal=True)
     assert nli.render({"start": 2, "after:premise": 3}) == \
         "[P:2] {premise} [P:3] Question: {hypothesis}? Answer: [MASK]"
+    assert nli.skeletons[1].render({"before:answer": 2}) == \
+        '{premise}\nQuestion: Is it true that "{hypothesis}"? [P:2]\nAnswer: [MASK]'  # no stray spaces at newlines
+
+
+def test_shipped_spaces_offer_phrasings_words_and_calibration_that_fit_their_tasks():
+    for name, family in (("rte", "nli"), ("cb", "cb"), ("boolq", "boolq"), ("mr", "sentiment")):
+        space = load_space(REPO / "search_spaces" / f"{family}.yaml")
+        space.check(get_task(name))
+        assert len(space.skeletons) >= 4 and len(space.verbalizers) >= 3 and space.needs_screen()
+        assert space.calibrations == ("none", "content_free")
+        assert space.verbalizers[0] == get_task(name).verbalizer  # the manual default comes first
+        assert space.manual_template == get_task(name).template
 
 
 def test_budget_flags_override_the_space(capsys, toy_task_file, space_file, tmp_path):

@@ -77,6 +77,20 @@ def test_bad_data_names_file_line_and_label(tmp_path, toy_task_file):
         get_task(str(toy_task_file)).load_split("train")
 
 
+def test_values_that_are_not_text_are_refused_unless_the_task_coerces_them(toy_task_file):
+    from autoplace.cli import _read_jsonl
+    rows = [{"sentence": 12, "label": "pos"}, {"sentence": None, "label": "neg"}, {"sentence": "a", "label": "pos"}]
+    write_jsonl(toy_task_file.parent / "dev.jsonl", rows)
+    with pytest.raises(AutoplaceError, match=r"split dev, example 1: field 'sentence' is a number, not text"):
+        get_task(str(toy_task_file)).load_split("dev")
+    with pytest.raises(AutoplaceError, match=r"dev.jsonl line 1: field 'sentence' is a number, not text"):
+        _read_jsonl(str(toy_task_file.parent / "dev.jsonl"), ["sentence"])
+    toy_task_file.write_text(toy_task_file.read_text() + "coerce: true\n")
+    task = get_task(str(toy_task_file))
+    assert task.coerce and list(task.load_split("dev")["sentence"]) == ["12", "None", "a"]
+    assert _read_jsonl(str(toy_task_file.parent / "dev.jsonl"), ["sentence"], coerce=True)[1] == {"sentence": "None"}
+
+
 def test_cloze_task_scores_p_at_1_over_the_vocabulary(tiny_gpt2, tmp_path):
     capitals = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", ["Tokyo", "Edo"])]
     write_jsonl(tmp_path / "d.jsonl", [{"input": c, "target": t} for c, t in capitals])

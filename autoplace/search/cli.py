@@ -5,10 +5,11 @@ import json
 import re
 from pathlib import Path
 
+from .. import outdir
 from ..errors import AutoplaceError
 
 
-def add_commands(sub, common, positive) -> None:
+def add_commands(sub, common, positive, out_args) -> None:
     p = sub.add_parser("search", help="search where prompt slots go (Optuna study)")
     p.add_argument("--task", required=True, help="rte|nli, cb, boolq, mr|sentiment, or a task .yaml")
     p.add_argument("--space", default=None, help="search-space YAML (default: search_spaces/<family>.yaml)")
@@ -27,27 +28,28 @@ def add_commands(sub, common, positive) -> None:
                    help="input tokens per example (overrides the space)")
     p.add_argument("--confirm-top", type=int, default=0, help="retrain the k best templates over several seeds")
     p.add_argument("--confirm-seeds", type=positive(int), default=3)
-    p.add_argument("--out", default="runs/search", help="folder for the study, best/, report.md")
+    out_args(p, overwrite=False, default="runs/search",
+             help="folder for the study, best/, report.md (new or empty; the same command again resumes it)")
     p.add_argument("--artifacts", default=None, help="where trial prompts are stored (default OUT/artifacts; "
                                                      "a shared folder when several machines join one study)")
     common(p)
     p.set_defaults(handler=cmd_search)
 
     p = sub.add_parser("export", help="export a trial's prompt as an artifact (or a PEFT adapter)")
-    _study_args(p)
+    _study_args(p, out_args, "artifact (or adapter) folder to write")
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
     p.add_argument("--format", choices=["autoplace", "peft"], default="autoplace")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("report", help="write report.md, trials.csv and plots for a study")
-    _study_args(p)
+    _study_args(p, out_args, "folder for report.md, trials.csv and plots (may be the search's own)")
     p.set_defaults(handler=cmd_report)
 
 
-def _study_args(p) -> None:
+def _study_args(p, out_args, out_help: str) -> None:
     p.add_argument("--storage", required=True)
     p.add_argument("--study-name", required=True)
-    p.add_argument("--out", required=True)
+    out_args(p, required=True, help=out_help)
     p.add_argument("--artifacts", default=None, help="the artifact store, if it moved (default: where each trial "
                                                      "recorded it)")
 
@@ -59,6 +61,7 @@ def cmd_search(args) -> None:
     from .space import default_space_path, load_space
     from .storage import default_url, open_storage
     from .study import SearchConfig
+    outdir.check(args.out, "search")  # a search resumes in its own folder and refuses any other
     task = get_task(args.task)
     space = args.space or str(default_space_path(task.name))
     load_space(space).check(task)  # a bad space fails here, before any model loads or file is written
@@ -75,13 +78,15 @@ def cmd_search(args) -> None:
                        confirm_seeds=args.confirm_seeds, artifacts=args.artifacts,
                        trust_remote_code=args.trust_remote_code, precision=args.precision)
     open_storage(cfg.storage)  # a bad URL fails before OUT is created
+    outdir.claim(args.out, "search")
     print(json.dumps(search(cfg)))
 
 
 def cmd_export(args) -> None:
     import tempfile
     from .. import artifact
-    from .run import load_existing, load_trial, pick_trial, trial_files
+    from .trials import load_existing, load_trial, pick_trial, trial_files
+    outdir.check(args.out, "peft" if args.format == "peft" else "artifact", args.overwrite)
     study = load_existing(args.storage, args.study_name)
     trial = pick_trial(study, args.trial)
     if args.format == "peft":
@@ -97,5 +102,8 @@ def cmd_export(args) -> None:
 
 def cmd_report(args) -> None:
     from .report import write_report
-    from .run import load_existing
-    print(json.dumps({"report": str(write_report(load_existing(args.storage, args.study_name), args.out))}))
+    from .trials import load_existing
+    outdir.check(args.out, "report", args.overwrite)
+    study = load_existing(args.storage, args.study_name)
+    outdir.claim(args.out, "report")  # a search folder keeps its own marker
+    print(json.dumps({"report": str(write_report(study, args.out))}))

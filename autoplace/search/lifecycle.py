@@ -65,7 +65,8 @@ def is_alive(owner: dict) -> bool | None:
         return False
     except (PermissionError, KeyError, TypeError, ValueError):
         return True
-    return owner.get("started") is None or _start_time(int(owner["pid"])) == owner["started"]
+    now = _start_time(int(owner["pid"]))
+    return owner.get("started") is None or now is None or now == owner["started"]
 
 
 def claim(study: optuna.Study) -> optuna.Trial | None:

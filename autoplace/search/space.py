@@ -1,8 +1,11 @@
-"""Search spaces: a YAML skeleton with named places where prompt slots may go, and the ranges to sample.
+"""Search spaces: YAML skeletons (phrasings) with named places where prompt slots may go, the label words and
+calibrations to consider, and the ranges to sample.
 
-Sampling is define-by-run: the number of slots picks which `places@k` parameter exists, the chosen places pick
-which `length:<place>` parameters exist. The reference placements (zero-shot, start-, middle-, end-only, mixed)
-are expressed in the same parameters, so the study can enqueue them and TPE learns from them.
+Sampling is define-by-run: the `words` choice (a screened phrasing × label words × calibration, see screen.py)
+picks the skeleton; the number of slots picks which `places@k` parameter exists, the chosen places pick which
+`length:<place>` parameters exist. With several skeletons those names carry the skeleton (`t1:places@2`), since
+each has its own places. The reference placements (zero-shot, start-, middle-, end-only, mixed) are expressed in
+the same parameters, so the study can enqueue them and TPE learns from them.
 """
 from __future__ import annotations
 
@@ -11,24 +14,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ..encoders import ENCODERS, INITS
 from ..errors import AutoplaceError
+from ..plan import Budget, Plan
 from ..template import Mask, TemplateError, parse, placement_class, validate
 
 MARKER = re.compile(r"<([A-Za-z][A-Za-z0-9_:\-]*)>")
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 FAMILY = {"rte": "nli", "nli": "nli", "cb": "cb", "boolq": "boolq", "mr": "sentiment", "sentiment": "sentiment"}
 REFERENCE_CLASSES = ("start-only", "middle-only", "end-only", "mixed")
-
-
-@dataclass
-class Budget:
-    steps: int = 100
-    eval_every: int = 10
-    batch_size: int = 8
-    max_length: int = 256
+CALIBRATIONS = ("none", "content_free")
 
 
 @dataclass
@@ -39,11 +34,48 @@ class Reference:
     init: str = "vocab"
 
 
+@dataclass(frozen=True)
+class Skeleton:
+    """One phrasing: template text with <place> markers, and the markers a slot may take."""
+    text: str
+    places: tuple[str, ...]
+
+    @property
+    def manual_template(self) -> str:
+        """The skeleton with no prompt: its zero-shot template."""
+        return self.render({})
+
+    def render(self, lengths: dict[str, int]) -> str:
+        text = MARKER.sub(lambda m: f" [P:{lengths[m.group(1)]}] " if m.group(1) in lengths else " ", self.text)
+        return re.sub(r" *\n *", "\n", re.sub(r" {2,}", " ", text)).strip()
+
+    def usable_places(self, causal: bool) -> list[str]:
+        """Places in skeleton order; those after [MASK] only for masked LMs."""
+        if not causal:
+            return list(self.places)
+        mask_at = self.text.index("[MASK]")
+        return [p for p in self.places if self.text.index(f"<{p}>") < mask_at]
+
+    def place_class(self, place: str) -> str:
+        return placement_class(parse(self.render({place: 1})))
+
+
+@dataclass(frozen=True)
+class Words:
+    """A screened candidate: which skeleton, which label words (None: the task's), calibrated or not."""
+    key: str
+    template: int
+    verbalizer: dict | None = None
+    calibrate: bool = False
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "template": self.template, "verbalizer": self.verbalizer, "calibrate": self.calibrate}
+
+
 @dataclass
 class SearchSpace:
     path: str
-    skeleton: str
-    places: list[str]
+    skeletons: list[Skeleton]
     slots: tuple[int, int] = (1, 3)
     length: tuple[int, int] = (2, 8)
     inits: list[str] = field(default_factory=lambda: list(INITS))
@@ -52,68 +84,110 @@ class SearchSpace:
     budget: Budget = field(default_factory=Budget)
     reference: Reference = field(default_factory=Reference)
     task: str | None = None
+    verbalizers: list[dict] | None = None   # candidate label -> word maps; None: the task's own only
+    auto_verbalizers: bool = False          # add LM-BFF-style automatic label words (screen.py)
+    calibrations: tuple[str, ...] = ("none",)
+    screen_keep: int = 4                    # screened candidates that become the study's `words` choice
+    screen_examples: int = 256              # at most this many train (and dev) examples in the screen
+    auto_k: int = 5                         # automatic label words: candidates per class ...
+    auto_n: int = 3                         # ... and combinations kept
+    words: dict[str, Words] = field(default_factory=dict)  # the screen's survivors, best first (set per study)
 
-    # -- templates -------------------------------------------------------------------------------------------
+    # -- the first skeleton, the manual default ----------------------------------------------------------------
+    @property
+    def skeleton(self) -> str:
+        return self.skeletons[0].text
+
     @property
     def manual_template(self) -> str:
-        """The skeleton with no prompt: the zero-shot reference."""
-        return self.render({})
+        return self.skeletons[0].manual_template
 
     def render(self, lengths: dict[str, int]) -> str:
-        text = MARKER.sub(lambda m: f" [P:{lengths[m.group(1)]}] " if m.group(1) in lengths else " ", self.skeleton)
-        return re.sub(r" {2,}", " ", text).strip()
+        return self.skeletons[0].render(lengths)
 
-    def usable_places(self, causal: bool) -> list[str]:
-        """Places in skeleton order; those after [MASK] only for masked LMs."""
-        if not causal:
-            return list(self.places)
-        mask_at = self.skeleton.index("[MASK]")
-        return [p for p in self.places if self.skeleton.index(f"<{p}>") < mask_at]
-
-    def place_class(self, place: str) -> str:
-        return placement_class(parse(self.render({place: 1})))
+    def needs_screen(self) -> bool:
+        """Whether there is more than one phrasing, set of label words or calibration to choose among."""
+        return (len(self.skeletons) > 1 or len(self.verbalizers or ()) > 1 or self.auto_verbalizers
+                or len(self.calibrations) > 1 or self.calibrations != ("none",))
 
     def check(self, task) -> None:
-        """The skeleton's fields must be the task's."""
-        try:
-            validate(parse(self.manual_template), task.fields, causal=False)
-        except TemplateError as exc:
-            raise AutoplaceError(f"search space {self.path}: skeleton does not fit task {task.name}: {exc}") from None
+        """Every skeleton's fields must be the task's; every verbalizer must name exactly the task's labels."""
+        for i, skeleton in enumerate(self.skeletons):
+            try:
+                validate(parse(skeleton.manual_template), task.fields, causal=False)
+            except TemplateError as exc:
+                which = "skeleton" if len(self.skeletons) == 1 else f"template {i + 1}"
+                raise AutoplaceError(f"search space {self.path}: {which} does not fit task {task.name}: {exc}") from None
+        if (self.verbalizers or self.auto_verbalizers or "content_free" in self.calibrations) \
+                and not task.kind.needs_verbalizer:
+            raise AutoplaceError(f"search space {self.path}: verbalizers and calibration need label words, and "
+                                 f"task {task.name} is a {task.kind.name} task (its answers are any token)")
+        for words in self.verbalizers or ():
+            try:
+                task.with_words(words)
+            except AutoplaceError as exc:
+                raise AutoplaceError(f"search space {self.path}: {exc}") from None
 
     # -- sampling --------------------------------------------------------------------------------------------
     def combos(self, places: list[str], k: int) -> list[str]:
         return ["+".join(c) for c in itertools.combinations(places, k)]
 
-    def sample(self, trial, causal: bool) -> dict:
-        """Suggest one configuration; returns template text, encoder, init and lr."""
+    def _name(self, t: int, name: str) -> str:
+        """A placement parameter's name: bare with one skeleton, else prefixed by the skeleton's number."""
+        return name if len(self.skeletons) == 1 else f"t{t}:{name}"
+
+    def pick_words(self, trial) -> Words | None:
+        if len(self.words) > 1:
+            return self.words[trial.suggest_categorical("words", list(self.words))]
+        return next(iter(self.words.values()), None)
+
+    def sample(self, trial, causal: bool) -> Plan:
+        """Suggest one plan (define-by-run); a trial with its parameters already set gets the same plan back."""
+        words = self.pick_words(trial)
+        t = words.template if words else 0
+        said = {"verbalizer": words.verbalizer, "calibrate": words.calibrate} if words else {}
+        skeleton = self.skeletons[t]
         if trial.user_attrs.get("reference") == "zero-shot":
-            return {"template": self.manual_template, "encoder": "none", "init": "vocab", "lr": self.reference.lr}
-        places = self.usable_places(causal)
-        k = trial.suggest_int("n_slots", self.slots[0], min(self.slots[1], len(places)))
-        chosen = trial.suggest_categorical(f"places@{k}", self.combos(places, k)).split("+")
-        lengths = {p: trial.suggest_int(f"length:{p}", *self.length) for p in chosen}
-        return {"template": self.render(lengths),
-                "init": trial.suggest_categorical("init", self.inits),
-                "encoder": trial.suggest_categorical("encoder", self.encoders),
-                "lr": trial.suggest_float("lr", self.lr[0], self.lr[1], log=self.lr[2])}
+            return Plan(skeleton.manual_template, encoder="none", init="vocab", lr=self.reference.lr, **said)
+        places = skeleton.usable_places(causal)
+        k = trial.suggest_int(self._name(t, "n_slots"), self.slots[0], min(self.slots[1], len(places)))
+        chosen = trial.suggest_categorical(self._name(t, f"places@{k}"), self.combos(places, k)).split("+")
+        lengths = {p: trial.suggest_int(self._name(t, f"length:{p}"), *self.length) for p in chosen}
+        return Plan(skeleton.render(lengths), init=trial.suggest_categorical("init", self.inits),
+                    encoder=trial.suggest_categorical("encoder", self.encoders),
+                    lr=trial.suggest_float("lr", self.lr[0], self.lr[1], log=self.lr[2]), **said)
+
+    def plan_of(self, trial, causal: bool) -> Plan:
+        """The plan a finished trial ran, rebuilt from its stored parameters through `sample` itself."""
+        import optuna
+        fixed = optuna.trial.FixedTrial(dict(trial.params), trial.number)
+        for key, value in trial.user_attrs.items():
+            fixed.set_user_attr(key, value)
+        return self.sample(fixed, causal)
 
     def references(self, causal: bool) -> list[tuple[str, dict]]:
-        """(name, enqueued params): zero-shot, then one placement per class with the same total prompt length."""
-        places = self.usable_places(causal)
+        """(name, enqueued params): zero-shot with each screened set of words, then one placement per class, with
+        the same total prompt length, on the best words."""
+        word_keys = list(self.words) if len(self.words) > 1 else [None]
+        out = [("zero-shot", {"words": key} if key else {}) for key in word_keys]
+        best = self.words[word_keys[0]] if word_keys[0] else None
+        t = best.template if best else 0
+        skeleton = self.skeletons[t]
         by_class: dict[str, list[str]] = {}
-        for place in places:
-            by_class.setdefault(self.place_class(place), []).append(place)
+        for place in skeleton.usable_places(causal):
+            by_class.setdefault(skeleton.place_class(place), []).append(place)
         picks = {c.removesuffix("-only"): ps for c, ps in by_class.items()}
         plans = {f"{c}-only": picks.get(c, []) for c in ("start", "middle", "end")}
         plans["mixed"] = [ps[0] for c, ps in picks.items()] if len(picks) > 1 else []
-        out = [("zero-shot", {})]
         for name in REFERENCE_CLASSES:
             chosen = self._fit_places(plans[name])
             if not chosen:
                 continue
             lengths = self._split(self.reference.total_length, len(chosen))
-            params = {"n_slots": len(chosen), f"places@{len(chosen)}": "+".join(chosen),
-                      **{f"length:{p}": n for p, n in zip(chosen, lengths)},
+            params = {**({"words": word_keys[0]} if word_keys[0] else {}),
+                      self._name(t, "n_slots"): len(chosen),
+                      self._name(t, f"places@{len(chosen)}"): "+".join(chosen),
+                      **{self._name(t, f"length:{p}"): n for p, n in zip(chosen, lengths)},
                       "init": self.reference.init, "encoder": self.reference.encoder, "lr": self.reference.lr}
             out.append((name, params))
         return out
@@ -167,64 +241,114 @@ def _section(spec: dict, key: str, cls):
     for sub in value:
         if sub not in names:
             raise _bad(spec, f"{key}.{sub}", f"is not a known key ({', '.join(sorted(names))})")
-    out = cls()
+    defaults, values = cls(), {}
     for sub, raw in value.items():
-        want = type(getattr(out, sub))
+        want = type(getattr(defaults, sub))
         try:
-            converted = want(raw)
+            values[sub] = want(raw)
         except (TypeError, ValueError):
             raise _bad(spec, f"{key}.{sub}", f"must be a {want.__name__} (got {raw!r})") from None
-        if want in (int, float) and converted <= 0:
+        if want in (int, float) and values[sub] <= 0:
             raise _bad(spec, f"{key}.{sub}", f"must be positive (got {raw!r})")
-        setattr(out, sub, converted)
+    return cls(**values)
+
+
+KNOWN_KEYS = {"task", "skeleton", "templates", "places", "slots", "length", "init", "encoder", "lr", "budget",
+              "reference", "description", "verbalizers", "calibrate", "screen", "auto_verbalizer"}
+SCREEN_KEYS = {"keep": 4, "examples": 256}
+AUTO_KEYS = {"k": 5, "n": 3}
+
+
+def _skeleton(spec: dict, key: str, text) -> Skeleton:
+    if not isinstance(text, str):
+        raise _bad(spec, key, "must be template text with <place> markers")
+    text = text.replace("\\n", "\n")  # a written \n means a newline, as in templates
+    markers = MARKER.findall(text)
+    if not markers:
+        raise _bad(spec, key, "has no <place> markers, so there is nowhere to put a prompt")
+    if len(set(markers)) != len(markers):
+        raise _bad(spec, key, "repeats a <place> marker")
+    try:
+        template = parse(MARKER.sub(" ", text))
+    except TemplateError as exc:
+        raise _bad(spec, key, f"is not a valid template: {exc}") from None
+    if not any(isinstance(p, Mask) for p in template.parts):
+        raise _bad(spec, key, "has no [MASK]")
+    places = spec.get("places", markers)
+    if not isinstance(places, list) or not places or not any(p in markers for p in places):
+        raise _bad(spec, "places", f"must list markers of the skeleton ({', '.join(markers)})")
+    return Skeleton(text, tuple(m for m in markers if m in places))
+
+
+def _skeletons(spec: dict) -> list[Skeleton]:
+    if ("skeleton" in spec) == ("templates" in spec):
+        raise _bad(spec, "templates", "or 'skeleton' is required (one of them): template text with <place> markers")
+    if "skeleton" in spec:
+        return [_skeleton(spec, "skeleton", spec["skeleton"])]
+    texts = spec["templates"]
+    if not isinstance(texts, list) or not texts:
+        raise _bad(spec, "templates", "must be a non-empty list of skeletons (the first is the manual default)")
+    return [_skeleton(spec, f"templates[{i + 1}]", text) for i, text in enumerate(texts)]
+
+
+def _verbalizers(spec: dict) -> tuple[list[dict] | None, bool]:
+    """(listed label -> word maps or None, whether automatic ones are wanted)."""
+    value = spec.get("verbalizers")
+    if value is None:
+        return None, False
+    if value == "auto":
+        return None, True
+    if not isinstance(value, list) or not value:
+        raise _bad(spec, "verbalizers", "must be a non-empty list of label -> word maps (and/or auto), or auto")
+    maps = [v for v in value if v != "auto"]
+    for i, words in enumerate(maps):
+        if not isinstance(words, dict) or len(words) < 2 or not all(isinstance(w, str) and w.strip()
+                                                                     for w in words.values()):
+            raise _bad(spec, f"verbalizers[{i + 1}]", "must map every label to a word")
+    return [{str(k).lower() if isinstance(k, bool) else str(k): w for k, w in m.items()} for m in maps] or None, \
+        "auto" in value
+
+
+def _counts(spec: dict, key: str, defaults: dict) -> dict:
+    value = spec.get(key, {})
+    if not isinstance(value, dict) or any(k not in defaults for k in value):
+        raise _bad(spec, key, f"must be a mapping of {', '.join(defaults)}")
+    out = {**defaults, **value}
+    for k, v in out.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise _bad(spec, f"{key}.{k}", f"must be a positive whole number (got {v!r})")
     return out
 
 
-KNOWN_KEYS = {"task", "skeleton", "places", "slots", "length", "init", "encoder", "lr", "budget", "reference",
-              "description"}
-
-
 def load_space(path: str | Path) -> SearchSpace:
+    from ..inputs import read_yaml
     path = Path(path)
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise AutoplaceError(f"search space {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise AutoplaceError(f"search space {path}{f' line {mark.line + 1}' if mark else ''}: not valid YAML ({exc.problem or exc})") from None
+    spec = read_yaml(path, "search space")
     if not isinstance(spec, dict):
         raise AutoplaceError(f"search space {path}: expected a mapping of keys")
     spec["__path__"] = str(path)
     for key in spec:
         if key not in KNOWN_KEYS and key != "__path__":
             raise _bad(spec, key, f"is not a known key ({', '.join(sorted(KNOWN_KEYS))})")
-    skeleton = spec.get("skeleton")
-    if not isinstance(skeleton, str):
-        raise _bad(spec, "skeleton", "is required: the template text with <place> markers")
-    markers = MARKER.findall(skeleton)
-    if not markers:
-        raise _bad(spec, "skeleton", "has no <place> markers, so there is nowhere to put a prompt")
-    if len(set(markers)) != len(markers):
-        raise _bad(spec, "skeleton", "repeats a <place> marker")
-    try:
-        template = parse(MARKER.sub(" ", skeleton))
-    except TemplateError as exc:
-        raise _bad(spec, "skeleton", f"is not a valid template: {exc}") from None
-    if not any(isinstance(p, Mask) for p in template.parts):
-        raise _bad(spec, "skeleton", "has no [MASK]")
-    places = spec.get("places", markers)
-    if not isinstance(places, list) or not places or any(p not in markers for p in places):
-        raise _bad(spec, "places", f"must list markers of the skeleton ({', '.join(markers)})")
+        for sub, value in (spec[key].items() if isinstance(spec[key], dict) else [(None, spec[key])]):
+            if isinstance(value, (int, float)) and not -1e300 < value < 1e300:  # inf, nan, or beyond a float
+                raise _bad(spec, f"{key}.{sub}" if sub is not None else key, "must be a finite number")
+    skeletons = _skeletons(spec)
+    verbalizers, auto = _verbalizers(spec)
+    screen, auto_counts = _counts(spec, "screen", SCREEN_KEYS), _counts(spec, "auto_verbalizer", AUTO_KEYS)
     lr = spec.get("lr", {"low": 1e-4, "high": 3e-2, "log": True})
     low, high = _range({**spec, "lr": lr}, "lr", float, "low", "high")
     space = SearchSpace(
-        path=str(path), skeleton=skeleton, places=[m for m in markers if m in places],
+        path=str(path), skeletons=skeletons,
         slots=_range(spec, "slots", int) if "slots" in spec else (1, 3),
         length=_range(spec, "length", int, bounds=(1, 64)) if "length" in spec else (2, 8),
         inits=_choices(spec, "init", INITS, list(INITS)), encoders=_choices(spec, "encoder", ENCODERS, list(ENCODERS)),
         lr=(low, high, bool(lr.get("log", True))), budget=_section(spec, "budget", Budget),
-        reference=_section(spec, "reference", Reference), task=spec.get("task"))
+        reference=_section(spec, "reference", Reference), task=spec.get("task"),
+        verbalizers=verbalizers, auto_verbalizers=auto,
+        calibrations=tuple(_choices(spec, "calibrate", CALIBRATIONS, ["none"])),
+        screen_keep=screen["keep"], screen_examples=screen["examples"], auto_k=auto_counts["k"],
+        auto_n=auto_counts["n"])
     if space.reference.encoder not in ENCODERS or space.reference.init not in INITS:
         raise _bad(spec, "reference", f"encoder/init must be one of {ENCODERS} / {INITS}")
     if space.budget.eval_every > space.budget.steps:

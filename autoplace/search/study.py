@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import logging
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 import optuna
 from optuna.trial import TrialState
 
 from ..errors import AutoplaceError
+from ..plan import Budget
 from ..trainer import dev_steps
-from .space import SearchSpace
+from .lifecycle import say
+from .space import SearchSpace, Words
 from .storage import open_storage, redact
 
 log = logging.getLogger(__name__)
@@ -85,12 +88,14 @@ def make_pruner(name: str, steps: int, eval_every: int) -> optuna.pruners.BasePr
     raise AutoplaceError(f"unknown pruner {name!r} (use {', '.join(PRUNERS)})")
 
 
-def open_study(cfg: SearchConfig, space: SearchSpace, causal: bool) -> optuna.Study:
-    """Create the study (and its queue of N trials) or join an existing one; re-running resumes."""
+def open_study(cfg: SearchConfig, objective) -> optuna.Study:
+    """Create the study (screen the words, queue its N trials) or join an existing one; re-running resumes.
+    objective: a worker's Objective (its space, task and loaded backbone); its space learns the study's words."""
+    space, causal = objective.space, objective.backbone.causal
     storage = open_storage(cfg.storage)
     budget = effective_budget(cfg, space)
     sampler = make_sampler(cfg.seed)
-    pruner = make_pruner(cfg.pruner, budget["steps"], budget["eval_every"])
+    pruner = make_pruner(cfg.pruner, budget.steps, budget.eval_every)
     try:
         study = optuna.create_study(storage=storage, study_name=cfg.study_name, direction="maximize",
                                     sampler=sampler, pruner=pruner)
@@ -101,26 +106,43 @@ def open_study(cfg: SearchConfig, space: SearchSpace, causal: bool) -> optuna.St
     if created:
         study.set_user_attr("config", cfg.to_dict())
         study.set_user_attr("space", space.path)
-        study.set_user_attr("budget", budget)
-        for name, params in space.references(causal)[:cfg.n_trials]:
+        study.set_user_attr("budget", budget.to_dict())
+        if space.needs_screen():
+            from .screen import screen
+            kept, record = screen(space, objective.task, objective.backbone, cfg.data_dir)
+            study.set_user_attr("screen", record)
+            study.set_user_attr("words", [w.to_dict() for w in kept])
+        space.words = words_of(study)
+        references = space.references(causal)
+        for name, params in references[:cfg.n_trials]:
             study.enqueue_trial(params, user_attrs={"reference": name})
+        if len(references) > cfg.n_trials:
+            dropped = [name for name, _ in references[cfg.n_trials:]]
+            study.set_user_attr("dropped_references", dropped)
+            say(f"--n-trials {cfg.n_trials} leaves no room for {len(dropped)} of the {len(references)} reference "
+                f"trials ({', '.join(dropped)}) nor for any sampled trial")
         _fill_queue(study, cfg.n_trials)
         study.set_user_attr("n_trials", cfg.n_trials)
     else:
-        _wait_for_queue(study)
+        study = _wait_for_queue(study)
+        space.words = words_of(study)
         if cfg.n_trials > study.user_attrs.get("n_trials", 0):  # asked for more: top the queue up
             study.set_user_attr("n_trials", cfg.n_trials)
             _fill_queue(study, cfg.n_trials)
     return study
 
 
-def effective_budget(cfg: SearchConfig, space: SearchSpace) -> dict:
-    budget = asdict(space.budget)
-    for key in ("steps", "eval_every", "batch_size", "max_length"):
-        if getattr(cfg, key) is not None:
-            budget[key] = getattr(cfg, key)
-    budget["eval_every"] = min(budget["eval_every"], budget["steps"])
-    return budget
+def words_of(study: optuna.Study) -> dict[str, Words]:
+    """The screened words the study samples from, best first (none when there was nothing to screen)."""
+    return {w["key"]: Words(**w) for w in study.user_attrs.get("words", [])}
+
+
+def effective_budget(cfg: SearchConfig, space: SearchSpace) -> Budget:
+    """The space's budget with the command line's overrides."""
+    given = {key: getattr(cfg, key) for key in ("steps", "eval_every", "batch_size", "max_length")
+             if getattr(cfg, key) is not None}
+    budget = dataclasses.replace(space.budget, **given)
+    return dataclasses.replace(budget, eval_every=min(budget.eval_every, budget.steps))
 
 
 def _budget_trials(study: optuna.Study) -> list:
@@ -134,14 +156,16 @@ def _fill_queue(study: optuna.Study, n_trials: int) -> None:
         study.enqueue_trial({}, skip_if_exists=False)
 
 
-def _wait_for_queue(study: optuna.Study, seconds: float = 120) -> None:
-    """A joining worker waits until the creating process has written the budget."""
+def _wait_for_queue(study: optuna.Study, seconds: float = 900) -> optuna.Study:
+    """A joining worker waits until the creating process has screened the words and written the budget."""
     deadline = time.time() + seconds
     while "n_trials" not in study.user_attrs:
         if time.time() > deadline:
             raise AutoplaceError(f"study {study.study_name!r} exists but its creator never finished setting it up")
         time.sleep(0.5)
-        study = optuna.load_study(storage=study._storage, study_name=study.study_name)
+        study = optuna.load_study(storage=study._storage, study_name=study.study_name, sampler=study.sampler,
+                                  pruner=study.pruner)
+    return study
 
 
 def counts(study: optuna.Study) -> dict:

@@ -14,13 +14,13 @@ from tqdm.auto import tqdm
 from .. import artifact
 from ..backbones import load_backbone
 from ..errors import AutoplaceError
-from ..pipeline import PromptConfig
+from ..plan import configs
 from ..runner import export, fit, metadata, prepare
 from ..tasks import get_task
 from ..template import parse, placement_class
-from ..trainer import NonFiniteLoss, TrainConfig, dev_steps
-from .space import load_space
+from ..trainer import NonFiniteLoss, dev_steps
 from .lifecycle import Heartbeat, Interrupted, claim, raise_on_sigterm, reclaim_orphans, requeue, wait_for_stale
+from .space import load_space
 from .study import ARTIFACT_ATTR, SearchConfig, counts, device_for, effective_budget, open_study
 
 
@@ -39,14 +39,13 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         plan = self.space.sample(trial, self.backbone.causal)
-        template = plan["template"]
-        trial.set_user_attr("template", template)
-        trial.set_user_attr("placement", placement_class(parse(template)))
-        trial.set_user_attr("n_prompt_tokens", parse(template).n_prompt_tokens)
-        prompt = PromptConfig(template=template, encoder=plan["encoder"], init=plan["init"], seed=self.cfg.seed,
-                              max_length=self.budget["max_length"])
-        train_cfg = TrainConfig(steps=self.budget["steps"], batch_size=self.budget["batch_size"], lr=plan["lr"],
-                                eval_every=self.budget["eval_every"], seed=self.cfg.seed)
+        trial.set_user_attr("template", plan.template)
+        trial.set_user_attr("placement", placement_class(parse(plan.template)))
+        trial.set_user_attr("n_prompt_tokens", parse(plan.template).n_prompt_tokens)
+        if plan.verbalizer:
+            trial.set_user_attr("verbalizer", plan.verbalizer)
+            trial.set_user_attr("calibrate", plan.calibrate)
+        prompt, train_cfg = configs(plan, self.budget, self.cfg.seed)
         run = prepare(self.task, self.backbone, prompt, self.cfg.data_dir)
         is_reference = "reference" in trial.user_attrs
 
@@ -97,6 +96,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) ->
     except optuna.TrialPruned:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return "pruned", None
+    except optuna.exceptions.UpdateFinishedTrialError:  # another process declared it dead and queued a retry
+        return "fail", f"trial {trial.number} was taken over by another worker"
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the trial goes back to the queue before we exit
         signal_name = getattr(exc, "signal_name", "SIGINT")
         fate = ("was marked failed and queued again" if requeue(study, trial._trial_id, f"interrupted by {signal_name}")
@@ -119,8 +120,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) ->
     return "fail", reason
 
 
-def work(cfg: SearchConfig, worker: int = 0, task=None) -> dict:
-    """Claim and run trials until none are left (or --timeout); returns what this worker did."""
+def work(cfg: SearchConfig, worker: int = 0, task=None, objective: Objective | None = None) -> dict:
+    """Claim and run trials until none are left (or --timeout); returns what this worker did. objective: one
+    already built in this process (with the backbone loaded), else one is built here."""
     if cfg.devices:
         device = device_for(worker, cfg.devices)
         if device.startswith("cuda"):
@@ -128,8 +130,8 @@ def work(cfg: SearchConfig, worker: int = 0, task=None) -> dict:
     else:
         device = None
     raise_on_sigterm()
-    objective = Objective(cfg, device, task)
-    study = open_study(cfg, objective.space, objective.backbone.causal)
+    objective = objective or Objective(cfg, device, task)
+    study = open_study(cfg, objective)
     start, done, failures = time.time(), {"complete": 0, "pruned": 0, "fail": 0}, []
     total = study.user_attrs["n_trials"]
     show = cfg.progress if cfg.progress is not None else None

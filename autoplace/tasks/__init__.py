@@ -1,7 +1,7 @@
 """Task registry: built-in names and aliases, or a path to a task YAML."""
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 from ..errors import AutoplaceError
 from .base import SPLITS, Task, label_key
@@ -19,6 +19,6 @@ def get_task(name: str) -> Task:
     key = ALIASES.get(name, name)
     if key in BUILTIN:
         return BUILTIN[key]
-    if name.endswith((".yaml", ".yml")) or Path(name).is_file():
+    if name.endswith((".yaml", ".yml")) or os.path.isfile(name):  # isfile never raises, even on a too-long name
         return load_task_file(name)
     raise AutoplaceError(f"unknown task {name!r}: use one of {', '.join(task_names())} or a task .yaml file")

@@ -1,18 +1,18 @@
 """What a task is: data splits, the fields a template may use, how labels become words, and how it is scored."""
 from __future__ import annotations
 
-import json
+import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
 from ..errors import AutoplaceError
+from ..inputs import field_text, json_lines, read_text
+from .kinds import Classification, Cloze, kind_named, label_key
 
 SPLITS = ("train", "dev", "test")
-METRICS = ("acc", "f1_macro")  # a classification task's; a cloze task reports p@1
-_SPLITS_LOADED: dict[tuple, object] = {}  # a process reads each split once
+METRICS = Classification.metrics  # what a task file may ask for; a cloze task reports p@1
 
 
 class DataSource(Protocol):
@@ -22,7 +22,7 @@ class DataSource(Protocol):
 @dataclass
 class Task:
     name: str
-    kind: str                      # "classification" or "cloze"
+    kind: Classification | Cloze   # given by name ("classification", "cloze"); see kinds.py
     fields: list[str]
     template: str                  # the default manual template
     source: "DataSource" = field(repr=False)
@@ -32,17 +32,31 @@ class Task:
     metrics: tuple[str, ...] = ("acc",)  # of METRICS
     description: str = ""
     file: str | None = None  # the task YAML it came from (absolute), so an artifact can find it again
+    coerce: bool = False     # field values that are not text (numbers, null...) become str(); else they are refused
+    _splits: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # read once per task
+
+    def __post_init__(self):
+        if isinstance(self.kind, str):
+            self.kind = kind_named(self.kind)
 
     def load_split(self, split: str, data_dir: str | None = None):
         """One split as an HF Dataset, checked. Splits load on demand: the test split only when it is scored."""
         if split not in SPLITS:
             raise AutoplaceError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
-        key = (self.name, id(self.source), split, data_dir)
-        if key not in _SPLITS_LOADED:
-            ds = self.source.load(split, data_dir)
-            check_examples(self, split, ds)
-            _SPLITS_LOADED[key] = (self.source, ds)  # holding the source keeps its id from being reused
-        return _SPLITS_LOADED[key][1]
+        if (split, data_dir) not in self._splits:
+            self._splits[split, data_dir] = check_examples(self, split, self.source.load(split, data_dir))
+        return self._splits[split, data_dir]
+
+    def with_words(self, verbalizer: dict[str, str]) -> "Task":
+        """The same task (sharing its loaded splits) read through other label words, in the task's label order."""
+        words = {label_key(k): v for k, v in verbalizer.items()}
+        missing, extra = [l for l in self.labels if l not in words], [l for l in words if l not in self.verbalizer]
+        if missing or extra:
+            problem = f"lacks label {missing[0]!r}" if missing else f"names label {extra[0]!r}, which the task lacks"
+            raise AutoplaceError(f"verbalizer {verbalizer} {problem} (task {self.name} has {', '.join(self.labels)})")
+        twin = copy.copy(self)
+        twin.verbalizer = {label: words[label] for label in self.labels}
+        return twin
 
     @property
     def labels(self) -> list[str]:
@@ -51,34 +65,13 @@ class Task:
     def label_of(self, example: dict) -> str:
         return label_key(example[self.label_field])
 
-    def score(self, predictions, references) -> dict:
-        """Metrics of label indices (classification) or hit booleans (cloze: references unused)."""
-        if self.kind == "cloze":
-            return {"p@1": float(np.mean(predictions)) if len(predictions) else 0.0}
-        pred, ref = np.asarray(predictions), np.asarray(references)
-        out = {"acc": float((pred == ref).mean()) if len(ref) else 0.0}
-        if "f1_macro" in self.metrics:
-            out["f1_macro"] = macro_f1(pred, ref, len(self.labels))
-        return out
+    def score(self, predicted: list[int], items) -> dict:
+        """Metrics of the predicted label indices (or token ids, cloze) against the encoded items' answers."""
+        return self.kind.score(self, predicted, items)
 
     @property
     def primary_metric(self) -> str:
-        return "p@1" if self.kind == "cloze" else "acc"
-
-
-def label_key(value) -> str:
-    """Labels as strings: JSON booleans become "true"/"false", numbers their text."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def macro_f1(pred: np.ndarray, ref: np.ndarray, n_labels: int) -> float:
-    scores = []
-    for c in range(n_labels):
-        tp = np.sum((pred == c) & (ref == c))
-        fp = np.sum((pred == c) & (ref != c))
-        fn = np.sum((pred != c) & (ref == c))
-        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores))
+        return self.kind.primary_metric
 
 
 def load_file(split: str, path: Path):
@@ -86,13 +79,15 @@ def load_file(split: str, path: Path):
     import datasets
     datasets.disable_progress_bars()
     path = Path(path)
-    if not path.is_file():
+    if not os.path.isfile(path):
         raise AutoplaceError(f"data file for split {split!r} not found: {path}")
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json", ".csv"):
         raise AutoplaceError(f"data file {path}: unsupported format {suffix!r} (use .jsonl or .csv)")
-    if suffix != ".csv":
-        _check_json_lines(path)
+    if suffix == ".csv":
+        read_text(path, "data file")
+    elif not sum(1 for _ in json_lines(path, "data file")):  # checks every line; no example at all is an error
+        raise AutoplaceError(f"data file {path}: is empty")
     try:
         ds = datasets.load_dataset("csv" if suffix == ".csv" else "json", data_files=str(path), split="train")
     except Exception as exc:  # datasets wraps parser errors in several types
@@ -102,30 +97,19 @@ def load_file(split: str, path: Path):
     return ds
 
 
-def _check_json_lines(path: Path) -> None:
-    with open(path, encoding="utf-8") as handle:
-        n = 0
-        for n, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                if not isinstance(json.loads(line), dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
-                raise AutoplaceError(f"data file {path} line {n}: broken JSON ({exc})") from None
-    if n == 0:
-        raise AutoplaceError(f"data file {path}: is empty")
-
-
-def check_examples(task: Task, split: str, ds) -> None:
-    """Every field the task needs is present and every label is one the verbalizer knows."""
-    needed = list(task.fields) + [task.target_field if task.kind == "cloze" else task.label_field]
+def check_examples(task: Task, split: str, ds):
+    """Every field the task needs is present and text (or coerced to it), and every label is one the verbalizer
+    knows. Returns the split, with values converted when the task says `coerce: true`."""
+    needed = list(task.fields) + [task.kind.answer_column(task)]
     for name in needed:
         if name not in ds.column_names:
             raise AutoplaceError(f"task {task.name}, split {split}: field {name!r} missing "
                                  f"(columns: {', '.join(ds.column_names)})")
-    if task.kind == "classification":
-        for i, value in enumerate(ds[task.label_field]):
-            if label_key(value) not in task.verbalizer:
-                raise AutoplaceError(f"task {task.name}, split {split}, example {i + 1}: unknown label {value!r} "
-                                     f"(verbalizer has {', '.join(task.labels)})")
+    for name in task.fields:
+        values = list(ds[name])
+        texts = [field_text(v, f"task {task.name}, split {split}, example {i + 1}", name, task.coerce)
+                 for i, v in enumerate(values)]
+        if texts != values:
+            ds = ds.remove_columns(name).add_column(name, texts)
+    task.kind.check_answers(task, split, ds)
+    return ds

@@ -23,7 +23,7 @@ class FolderSource:
         root = Path(data_dir)
         candidates = [root / name for name in self.folders] + [root / "FewGLUE_32dev" / n for n in self.folders] + [root]
         for folder in candidates:
-            if any((folder / f).is_file() for f in self.files["train"]):
+            if any(os.path.isfile(folder / f) for f in self.files["train"]):
                 return folder
         raise AutoplaceError(f"--data-dir {data_dir}: no {' or '.join(self.folders)} folder with "
                              f"{self.files['train'][0]} found there")
@@ -33,7 +33,7 @@ class FolderSource:
         if data_dir:
             folder = self.find_folder(data_dir)
             for name in self.files[split]:
-                if (folder / name).is_file():
+                if os.path.isfile(folder / name):
                     return load_file(split, folder / name)
             raise AutoplaceError(f"{folder}: no file for split {split!r} (expected {' or '.join(self.files[split])})")
         return self._from_hub(split)

@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from ..errors import AutoplaceError
+from ..inputs import read_yaml
 from .base import METRICS, SPLITS, Task, load_file
+from .kinds import KINDS
 
 
 @dataclass
@@ -22,14 +22,7 @@ class FileSource:
 
 def load_task_file(path: str | Path) -> Task:
     path = Path(path)
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise AutoplaceError(f"task file {path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
-    except OSError as exc:
-        raise AutoplaceError(f"task file {path}: {exc.strerror}") from None
+    spec = read_yaml(path, "task file")
 
     def bad(key: str, problem: str) -> AutoplaceError:
         return AutoplaceError(f"task file {path}: key {key!r} {problem}")
@@ -37,14 +30,14 @@ def load_task_file(path: str | Path) -> Task:
     if not isinstance(spec, dict):
         raise AutoplaceError(f"task file {path}: expected a mapping of keys")
     known = {"name", "kind", "data_files", "fields", "label_field", "verbalizer", "template", "target_field",
-             "description", "metrics"}
+             "description", "metrics", "coerce"}
     for key in spec:
         if key not in known:
             raise bad(key, f"is not a known key ({', '.join(sorted(known))})")
-    kind = spec.get("kind", "classification")
-    if kind not in ("classification", "cloze"):
-        raise bad("kind", f"must be classification or cloze, not {kind!r}")
-    for key in ("name", "data_files", "fields", "template") + (("verbalizer",) if kind == "classification" else ()):
+    kind = KINDS.get(spec.get("kind", "classification")) if isinstance(spec.get("kind", ""), str) else None
+    if kind is None:
+        raise bad("kind", f"must be {' or '.join(KINDS)}, not {spec['kind']!r}")
+    for key in ("name", "data_files", "fields", "template") + (("verbalizer",) if kind.needs_verbalizer else ()):
         if key not in spec:
             raise bad(key, "is required")
     files = spec["data_files"]
@@ -62,12 +55,14 @@ def load_task_file(path: str | Path) -> Task:
     if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
         raise bad("fields", "must be a non-empty list of column names")
     verbalizer = spec.get("verbalizer") or {}
-    if kind == "classification":
+    if kind.needs_verbalizer:
         if not isinstance(verbalizer, dict) or len(verbalizer) < 2:
             raise bad("verbalizer", "must map at least two labels to words")
         verbalizer = {str(k).lower() if isinstance(k, bool) else str(k): str(v) for k, v in verbalizer.items()}
     if not isinstance(spec["template"], str):
         raise bad("template", "must be a string")
+    if not isinstance(spec.get("coerce", False), bool):
+        raise bad("coerce", "must be true or false")
     metrics = spec.get("metrics", ["acc"])
     if not isinstance(metrics, list) or not metrics or not all(m in METRICS for m in metrics):
         raise bad("metrics", f"must be a list of {', '.join(METRICS)}")
@@ -77,4 +72,4 @@ def load_task_file(path: str | Path) -> Task:
         label_field=spec.get("label_field", "label"), verbalizer=verbalizer,
         target_field=spec.get("target_field", "target"),
         metrics=tuple(metrics), description=spec.get("description", f"custom task from {path}"),
-        file=str(path.resolve()))
+        file=str(path.resolve()), coerce=spec.get("coerce", False))

@@ -1,0 +1,72 @@
+"""Reading a study back: its trials, their stored prompts (downloaded from the study's artifact store and checked),
+and a trial rebuilt as a ready prompt. Used by export, report and the search's own winner."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, download_artifact
+from optuna.trial import TrialState
+
+from .. import artifact
+from ..errors import AutoplaceError
+from ..runner import Prompted, load, rebuild
+from .storage import open_storage, redact
+from .study import ARTIFACT_ATTR
+
+
+def trial_files(study: optuna.Study, trial: optuna.trial.FrozenTrial, folder: Path,
+                artifacts: str | None = None) -> dict[str, Path]:
+    """Download a trial's stored artifact files from the study's artifact store."""
+    stored = trial.user_attrs.get(ARTIFACT_ATTR)
+    if trial.state != TrialState.COMPLETE or not stored:
+        raise AutoplaceError(f"trial {trial.number} is {trial.state.name.lower()} and has no stored prompt "
+                             "(only completed trials keep theirs)")
+    store_dir, ids = artifacts or stored["store"], stored["ids"]
+    if not store_dir or not Path(store_dir).is_dir():
+        raise AutoplaceError(f"artifact store {store_dir} not found (pass --artifacts DIR)")
+    store = FileSystemArtifactStore(store_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, artifact_id in ids.items():
+        files[name] = folder / name
+        try:
+            download_artifact(artifact_store=store, file_path=str(files[name]), artifact_id=artifact_id)
+        except Exception as exc:  # ArtifactNotFound and OS errors
+            raise AutoplaceError(f"trial {trial.number}: stored {name} cannot be read from {store_dir} ({exc})") from None
+    return files
+
+
+def load_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, data_dir: str | None,
+               artifacts: str | None = None, onto=None) -> tuple[Prompted, dict]:
+    """A trial's stored prompt, rebuilt on `onto`'s task and backbone (a worker's Objective) when given, else
+    loaded as exported."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = artifact.install(trial_files(study, trial, Path(tmp) / "dl", artifacts), Path(tmp) / "artifact")
+        if onto is None:
+            return load(folder, data_dir)
+        meta = artifact.read_meta(folder)
+        return rebuild(folder, meta, artifact.load_weights(folder, meta), onto.task, onto.backbone, data_dir), meta
+
+
+def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
+    trials = study.get_trials(deepcopy=False)
+    if number is None:
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        if not complete:
+            raise AutoplaceError(f"study {study.study_name!r} has no completed trial")
+        return max(complete, key=lambda t: t.value)
+    for trial in trials:
+        if trial.number == number:
+            return trial
+    raise AutoplaceError(f"study {study.study_name!r} has no trial {number} (it has 0-{len(trials) - 1})")
+
+
+def load_existing(storage: str, study_name: str) -> optuna.Study:
+    store = open_storage(storage)
+    names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+    if study_name not in names:
+        raise AutoplaceError(f"storage {redact(storage)!r} has no study {study_name!r} "
+                             f"(it has: {', '.join(names) or 'none'})")
+    return optuna.load_study(storage=store, study_name=study_name)
