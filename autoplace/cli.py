@@ -51,6 +51,16 @@ def _out_args(p: argparse.ArgumentParser, flag: str = "--out", overwrite: bool =
                        help=f"replace what {flag} holds, if autoplace wrote it (a folder with other files is refused)")
 
 
+def _verbalizer(text: str) -> dict:
+    try:
+        words = json.loads(text)
+    except ValueError:
+        words = None
+    if not isinstance(words, dict) or not all(isinstance(w, str) for w in words.values()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object of label -> word")
+    return words
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive(int), default=100)
     p.add_argument("--batch-size", type=_positive(int), default=8)
@@ -72,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", choices=["lstm", "mlp", "none"], default=None)
     p.add_argument("--init", choices=["vocab", "random"], default=None)
     p.add_argument("--init-words", default=None, help="comma-separated words for vocab init")
+    p.add_argument("--verbalizer", default=None, type=_verbalizer,
+                   help='label words as JSON, e.g. \'{"pos": " great", "neg": " terrible"}\' (default: the task\'s)')
+    p.add_argument("--calibrate", action="store_true", default=None,
+                   help="contextual calibration: divide label probabilities by those of content-free inputs")
     p.add_argument("--fresh", action="store_true", help="with --template DIR: start from scratch, not its weights")
     _out_args(p, required=True, help="artifact folder to write (new or empty; an older artifact needs --overwrite)")
     _common(p, model_default=None)
@@ -121,6 +135,7 @@ def _template_source(arg: str | None, task) -> tuple[str, dict | None, str | Non
 def cmd_train(args) -> None:
     from . import artifact
     from .backbones import load_backbone
+    from .pipeline import check_words
     from .plan import Budget, Plan, configs
     from .runner import export, fit, metadata, prepare
     from .tasks import get_task
@@ -130,7 +145,10 @@ def cmd_train(args) -> None:
     previous = (source_meta or {}).get("prompt", {})
     plan = Plan(text, encoder=args.encoder or previous.get("encoder", "lstm"),
                 init=args.init or previous.get("init", "vocab"), lr=args.lr,
-                init_words=tuple(w for w in (args.init_words or "").split(",") if w.strip()))
+                init_words=tuple(w for w in (args.init_words or "").split(",") if w.strip()),
+                verbalizer=args.verbalizer or previous.get("verbalizer"),
+                calibrate=previous.get("calibrate", False) if args.calibrate is None else args.calibrate)
+    check_words(task, plan)  # bad label words fail before the backbone loads
     prompt, cfg = configs(plan, Budget(args.steps, args.eval_every, args.batch_size, args.max_length), args.seed)
     model_name = args.model or (source_meta or {}).get("model") or "smollm2-135m"
     backbone = load_backbone(model_name, args.device, args.trust_remote_code, args.precision)

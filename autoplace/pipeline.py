@@ -9,9 +9,10 @@ from .backbones import Backbone
 from .calibration import content_free_examples
 from .encoders import PromptEncoder, init_vectors
 from .encoding import Featurizer
+from .errors import AutoplaceError
 from .model import PromptedModel
 from .tasks import Task
-from .template import Template, parse, validate
+from .template import Template, parse, unescape, validate
 
 
 @dataclass
@@ -25,6 +26,9 @@ class PromptConfig:
     verbalizer: dict[str, str] | None = None  # label -> word; None: the task's own
     calibrate: bool = False                   # divide label probabilities by the content-free ones (Zhao et al.)
 
+    def __post_init__(self):
+        self.template = unescape(self.template)  # stored and shown with its real newlines
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -33,8 +37,16 @@ def parse_for(task: Task, backbone: Backbone, text: str) -> Template:
     return validate(parse(text), task.fields, backbone.causal)
 
 
+def check_words(task: Task, cfg) -> Task:
+    """The task read through the config's label words (checked against its labels); calibration needs words."""
+    if (cfg.calibrate or cfg.verbalizer) and not task.kind.needs_verbalizer:
+        raise AutoplaceError(f"label words and calibration need a task with labels; {task.name} is a "
+                             f"{task.kind.name} task")
+    return task.with_words(cfg.verbalizer) if cfg.verbalizer else task
+
+
 def build(task: Task, backbone: Backbone, cfg: PromptConfig) -> tuple[Featurizer, PromptedModel]:
-    task = task.with_words(cfg.verbalizer) if cfg.verbalizer else task
+    task = check_words(task, cfg)
     template = parse_for(task, backbone, cfg.template)
     featurizer = Featurizer(template, task, backbone, cfg.max_length)
     word_ids = [i for w in cfg.init_words for i in featurizer.tokens(" " + w.strip())]

@@ -72,7 +72,7 @@ def _error(text: str, column: int, problem: str) -> TemplateError:
 def parse(text: str) -> Template:
     """Parse template text into parts; raise TemplateError naming the problem and its column. A written ``\\n``
     (as typed on a command line or in single-quoted YAML) is a newline."""
-    text = text.replace("\\n", "\n") if isinstance(text, str) else text
+    text = unescape(text) if isinstance(text, str) else text
     if not text or not text.strip():
         raise TemplateError("template is empty")
     parts: list[Part] = []
@@ -107,6 +107,11 @@ def parse(text: str) -> Template:
     if len(masks) > 1:
         raise _error(text, masks[1].column, "template has a second [MASK]; exactly one is allowed")
     return Template(text, tuple(parts))
+
+
+def unescape(text: str) -> str:
+    """A written \\n (a command line, single-quoted YAML) means a newline in a template."""
+    return text.replace("\\n", "\n")
 
 
 def _literal(text: str, start: int, end: int, parts: list[Part]) -> None:

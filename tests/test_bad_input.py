@@ -15,6 +15,8 @@ from conftest import FEWGLUE, synthetic_rows, write_jsonl
 
 TOY_YAML = ('name: toy\ndata_files: {train: train.jsonl, dev: dev.jsonl, test: test.jsonl}\nfields: [sentence]\n'
             'verbalizer: {pos: " yes", neg: " no"}\ntemplate: "{sentence} It was [MASK]"\n')
+CLOZE_YAML = ('name: toy\nkind: cloze\ndata_files: {train: train.jsonl, dev: dev.jsonl, test: test.jsonl}\n'
+              'fields: [sentence]\ntarget_field: label\ntemplate: "{sentence} It was [MASK]"\n')
 SPACE_YAML = ('skeleton: "<start> {sentence} <end> It was [MASK]"\n'
               'budget: {steps: 4, eval_every: 2, batch_size: 4, max_length: 32}\n')
 
@@ -166,6 +168,26 @@ CASES = {
     "cli unknown device": (lambda r, t: train(t, _task(r, t), "--device", "foo"), "device 'foo' is not a device"),
     "cli absent device": (lambda r, t: train(t, _task(r, t), "--device", "cuda:99"), "device 'cuda:99'"),
     "search unknown device": (lambda r, t: _search(r, t) + ["--devices", "cpu,foo"], "device 'foo' is not a device"),
+    # phrasings, label words and calibration
+    "space empty templates": (lambda r, t: _search(r, t, space="templates: []\n"),
+                              "key 'templates' must be a non-empty list of skeletons"),
+    "space empty verbalizers": (lambda r, t: _search(r, t, space=SPACE_YAML + "verbalizers: []\n"),
+                                "key 'verbalizers' must be a non-empty list"),
+    "space verbalizer lacks a label": (
+        lambda r, t: _search(r, t, space=SPACE_YAML + 'verbalizers: [{pos: " yes", other: " x"}]\n'),
+        "lacks label 'neg' (task toy has pos, neg)"),
+    "space verbalizer names a label the task lacks": (
+        lambda r, t: _search(r, t, space=SPACE_YAML + 'verbalizers: [{pos: " a", neg: " b", meh: " c"}]\n'),
+        "names label 'meh', which the task lacks"),
+    "space auto words on a cloze task": (
+        lambda r, t: _search(r, t, space=SPACE_YAML + "verbalizers: auto\n", task=_task(r, t, toy_yaml=CLOZE_YAML)),
+        "verbalizers and calibration need label words, and task toy is a cloze task"),
+    "space calibrate unknown": (lambda r, t: _search(r, t, space=SPACE_YAML + "calibrate: [always]\n"),
+                                "key 'calibrate' must be a non-empty list of none, content_free"),
+    "train verbalizer not JSON": (lambda r, t: train(t, _task(r, t), "--verbalizer", "pos=yes"),
+                                  "argument --verbalizer: 'pos=yes' is not a JSON object of label -> word"),
+    "train verbalizer lacks a label": (lambda r, t: train(t, _task(r, t), "--verbalizer", '{"pos": " a"}'),
+                                       "lacks label 'neg'"),
     "predict broken input": (lambda r, t: _predict(r, t, '{"sentence": "a"\n'), "in.jsonl line 1: broken JSON"),
     # files that are not UTF-8 text, wherever a file is read
     "predict input not UTF-8": (lambda r, t: _predict(r, t, '{"sentence": "ok"}\n'.encode() + LATIN1),
@@ -220,12 +242,12 @@ CASES = {
 
 
 
-def _search(root, tmp, space=None, storage=None):
+def _search(root, tmp, space=None, storage=None, task=None):
     path = root / "space.yaml"
     if space is not None:
         path = tmp / "space.yaml"
         _write(path, space)
-    args = ["search", "--task", str(root / "toy.yaml"), "--space", str(path), "--model", "tiny-gpt2",
+    args = ["search", "--task", task or str(root / "toy.yaml"), "--space", str(path), "--model", "tiny-gpt2",
             "--n-trials", "2", "--out", str(tmp / "out")]
     return args + (["--storage", storage] if storage else [])
 

@@ -1,7 +1,8 @@
-"""`autoplace search | export | report`."""
+"""`autoplace search | export | report | dashboard`."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -44,6 +45,13 @@ def add_commands(sub, common, positive, out_args) -> None:
     p = sub.add_parser("report", help="write report.md, trials.csv and plots for a study")
     _study_args(p, out_args, "folder for report.md, trials.csv and plots (may be the search's own)")
     p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("dashboard", help="browse a search's study in optuna-dashboard")
+    p.add_argument("out", type=os.path.expanduser, metavar="OUT", help="the search folder")
+    p.add_argument("--storage", default=None, help="the search's storage URL (default: sqlite:///OUT/study.db)")
+    p.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(handler=cmd_dashboard)
 
 
 def _study_args(p, out_args, out_help: str) -> None:
@@ -107,3 +115,45 @@ def cmd_report(args) -> None:
     study = load_existing(args.storage, args.study_name)
     outdir.claim(args.out, "report")  # a search folder keeps its own marker
     print(json.dumps({"report": str(write_report(study, args.out))}))
+
+
+def cmd_dashboard(args) -> None:
+    """Serve optuna-dashboard on the search's storage until Ctrl-C (threaded wsgiref, as optuna-dashboard's own CLI)."""
+    import socket
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+    from .storage import default_url, open_storage, redact
+    url = args.storage or default_url(args.out)
+    if url.startswith("sqlite:///") and not Path(url.split(":///", 1)[1]).is_file():  # never create an empty one
+        raise AutoplaceError(f"{args.out} holds no study (no study.db); for a search stored elsewhere pass --storage URL"
+                             if args.storage is None else f"storage {redact(url)!r}: no such database file")
+    storage = open_storage(url)
+    names = [s.study_name for s in storage.get_all_studies()]
+    if not names:
+        raise AutoplaceError(f"storage {redact(url)!r} holds no study")
+    try:
+        from optuna_dashboard import wsgi
+    except ImportError:
+        raise AutoplaceError("optuna-dashboard is not installed: pip install 'autoplace[dashboard]'") from None
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *_):
+            pass
+
+    try:
+        httpd = make_server(args.host, args.port, wsgi(storage), server_class=Server, handler_class=Quiet)
+    except (OSError, OverflowError) as exc:
+        raise AutoplaceError(f"cannot serve on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or exc}") from None
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"optuna-dashboard for {', '.join(names)} ({redact(url)}): http://{host}:{httpd.server_port}/dashboard/ "
+          "(Ctrl-C stops it)", flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()

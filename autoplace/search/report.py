@@ -22,6 +22,24 @@ def _metrics(metrics: dict | None) -> str:
     return "–" if not metrics else ", ".join(f"{name} {_fmt(value)}" for name, value in metrics.items())
 
 
+def screen_table(screen: dict | None) -> list[str]:
+    """Every phrasing × label words × calibration the zero-shot screen scored, and why each dropped one was."""
+    if not screen:
+        return []
+    lines = ["## Zero-shot screen", "",
+             f"{len(screen['rows'])} candidates scored forward-only on {screen['examples']['train']} train and "
+             f"{screen['examples']['dev']} dev examples in {screen['seconds']} s; the kept ones are the study's "
+             "`words` choice.", "", "| candidate | template | label words | calibrated | train | dev | kept |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in sorted(screen["rows"], key=lambda r: -(r["both"] if r["both"] is not None else -1)):
+        words = ", ".join(f"{label}:{word!r}" for label, word in row["verbalizer"].items())
+        template = row["template"].replace("\n", "⏎")
+        lines.append(f"| {row['key']} | `{template}` | {words} | {'yes' if row['calibrate'] else 'no'} | "
+                     f"{_fmt(row['train'])} | {_fmt(row['dev'])} | "
+                     f"{'**kept**' if row['key'] in screen['kept'] else row['reason']} |")
+    return lines + [""]
+
+
 def position_table(trials) -> list[dict]:
     """Per placement class: trials, completed, best and mean dev (the P-tuning paper's table)."""
     rows = []
@@ -50,6 +68,7 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
         lines += ["## Winner", "", f"`{final['template']}`", "",
                   f"dev {_metrics(final['dev'])} · **test {_metrics(final['test'])}** (the test split is scored once, "
                   f"for the winner only) · search wall time {final.get('search_seconds', '–')} s", ""]
+    lines += screen_table(study.user_attrs.get("screen"))
     lines += ["## Top templates", "", "| # | trial | template | placement | encoder | init | dev | train s |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for rank, t in enumerate(complete[:top], 1):

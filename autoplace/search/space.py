@@ -17,7 +17,7 @@ from pathlib import Path
 from ..encoders import ENCODERS, INITS
 from ..errors import AutoplaceError
 from ..plan import Budget, Plan
-from ..template import Mask, TemplateError, parse, placement_class, validate
+from ..template import Mask, TemplateError, parse, placement_class, unescape, validate
 
 MARKER = re.compile(r"<([A-Za-z][A-Za-z0-9_:\-]*)>")
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -262,7 +262,7 @@ AUTO_KEYS = {"k": 5, "n": 3}
 def _skeleton(spec: dict, key: str, text) -> Skeleton:
     if not isinstance(text, str):
         raise _bad(spec, key, "must be template text with <place> markers")
-    text = text.replace("\\n", "\n")  # a written \n means a newline, as in templates
+    text = unescape(text)
     markers = MARKER.findall(text)
     if not markers:
         raise _bad(spec, key, "has no <place> markers, so there is nowhere to put a prompt")
