@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as serialize
 
 from . import outdir
 from .errors import AutoplaceError
@@ -77,6 +77,12 @@ def _swap_in(new: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' save_file, but written by Python: a full disk then raises OSError, which staged() turns into
+    one line (safetensors' own writer raises its own error type)."""
+    path.write_bytes(serialize(tensors))
+
+
 def save(out_dir: str | Path, state: dict[str, torch.Tensor], meta: dict) -> Path:
     """Atomically write an artifact folder."""
     with staged(out_dir) as tmp:
@@ -105,9 +111,8 @@ def read_meta(path: str | Path) -> dict:
     path = Path(path)
     if not os.path.isdir(path):
         raise AutoplaceError(f"artifact {path}: no such folder")
-    for name in (META_FILE, WEIGHTS_FILE):
-        if not os.path.isfile(path / name):
-            raise AutoplaceError(f"artifact {path}: {name} is missing")
+    if not os.path.isfile(path / META_FILE):
+        raise AutoplaceError(f"artifact {path}: {META_FILE} is missing")
     try:
         meta = json.loads((path / META_FILE).read_text())
     except ValueError as exc:
@@ -115,6 +120,13 @@ def read_meta(path: str | Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         raise AutoplaceError(f"artifact {path}: format version {meta.get('format_version') if isinstance(meta, dict) else None} "
                              f"is not {FORMAT_VERSION}")
+    if meta.get("ensemble"):  # its members are artifacts of their own, checked when loaded (ensemble.py)
+        missing = [key for key in ("members", "task", "model") if key not in meta]
+        if missing or not isinstance(meta["members"], list):
+            raise AutoplaceError(f"artifact {path}: {META_FILE} lacks {', '.join(missing) or 'a list of members'}")
+        return meta
+    if not os.path.isfile(path / WEIGHTS_FILE):
+        raise AutoplaceError(f"artifact {path}: {WEIGHTS_FILE} is missing")
     missing = [key for key in REQUIRED_META if key not in meta]
     if missing or not isinstance(meta["prompt"], dict):
         raise AutoplaceError(f"artifact {path}: {META_FILE} lacks {', '.join(missing) or 'a valid prompt'}")

@@ -133,15 +133,41 @@ def _template_source(arg: str | None, task) -> tuple[str, dict | None, str | Non
 
 
 def cmd_train(args) -> None:
+    """Train one template's prompt; from an ensemble artifact, each member's, and export them as an ensemble."""
+    from . import ensemble
+    from .tasks import get_task
+    outdir.check(args.out, "artifact", args.overwrite)
+    task = get_task(args.task)
+    text, source_meta, source_dir = _template_source(args.template, task)
+    if not (source_meta and ensemble.is_ensemble(source_meta)):
+        run, summary = _train_one(args, task, text, source_meta, source_dir, args.out)
+        print(json.dumps(summary))
+        return
+    import tempfile
+    from . import artifact
+    with tempfile.TemporaryDirectory() as tmp:
+        runs, folders = [], []
+        for i, member in enumerate(ensemble.member_dirs(source_dir, source_meta)):
+            meta = artifact.read_meta(member)
+            folders.append(Path(tmp) / f"m{i}")
+            runs.append(_train_one(args, task, meta["template"], meta, str(member), folders[-1])[0])
+        together = ensemble.Ensemble(runs)
+        dev, test = together.evaluate("dev"), together.evaluate("test")  # test reported only
+        ensemble.save(args.out, folders, {"template": source_meta["template"], "task": task.name,
+                                          "task_file": task.file, "model": runs[0].backbone.name,
+                                          "backbone": runs[0].backbone.signature(),
+                                          "precision": runs[0].backbone.precision, "dev": dev, "test": test,
+                                          "started_from": source_dir})
+    print(json.dumps({"out": args.out, "ensemble": len(runs), "dev": dev, "test": test}))
+
+
+def _train_one(args, task, text: str, source_meta: dict | None, source_dir: str | None, out) -> tuple:
+    """Train, test (reported only) and export one prompt; (the run, its one-line summary)."""
     from . import artifact
     from .backbones import load_backbone
     from .pipeline import check_words
     from .plan import Budget, Plan, configs
     from .runner import export, fit, metadata, prepare
-    from .tasks import get_task
-    outdir.check(args.out, "artifact", args.overwrite)
-    task = get_task(args.task)
-    text, source_meta, source_dir = _template_source(args.template, task)
     previous = (source_meta or {}).get("prompt", {})
     plan = Plan(text, encoder=args.encoder or previous.get("encoder", "lstm"),
                 init=args.init or previous.get("init", "vocab"), lr=args.lr,
@@ -159,11 +185,10 @@ def cmd_train(args) -> None:
     run = prepare(task, backbone, prompt, args.data_dir, init_state)
     result = fit(run, cfg)
     test = run.evaluate("test")  # reported only; nothing is chosen on it
-    meta = metadata(run, cfg, result, test, {"started_from": source_dir if init_state else None})
-    export(args.out, run, meta)
-    print(json.dumps({"out": args.out, "template": text, "dev": result.dev, "test": test,
-                      "steps": result.steps_done, "train_seconds": round(result.train_seconds, 2),
-                      "seconds_per_step": round(result.train_seconds / max(result.steps_done, 1), 4)}))
+    export(out, run, metadata(run, cfg, result, test, {"started_from": source_dir if init_state else None}))
+    return run, {"out": str(out), "template": prompt.template, "dev": result.dev, "test": test,
+                 "steps": result.steps_done, "train_seconds": round(result.train_seconds, 2),
+                 "seconds_per_step": round(result.train_seconds / max(result.steps_done, 1), 4)}
 
 
 def cmd_eval(args) -> None:
@@ -177,7 +202,6 @@ def cmd_predict(args) -> None:
     from . import artifact
     from .runner import load
     from .tasks import get_task
-    from .trainer import predict
     if args.output is not None:
         outdir.check_file(args.output, args.overwrite)
     meta = artifact.read_meta(args.artifact)
@@ -188,9 +212,7 @@ def cmd_predict(args) -> None:
         print(f"autoplace: input {args.input} has no examples; the output is empty", file=sys.stderr)
         return
     run, _ = load(args.artifact, args.data_dir, args.model, args.device, args.trust_remote_code, args.precision)
-    items = run.featurizer.encode_all(examples)
-    scores = predict(run.model, items)
-    lines = [run.task.kind.describe(run.task, row, run.backbone.tokenizer) for row in scores]
+    lines = [run.task.kind.describe(run.task, row, run.backbone.tokenizer) for row in run.scores(examples)]
     _write_output(args.output, "".join(json.dumps(line) + "\n" for line in lines))
 
 

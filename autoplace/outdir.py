@@ -16,7 +16,7 @@ from .errors import AutoplaceError
 
 MARKER = ".autoplace.json"
 ENTRIES = {  # what each type of folder holds besides the marker
-    "artifact": ("template.json", "prompt.safetensors"),
+    "artifact": ("template.json", "prompt.safetensors", "m[0-9]*"),  # m0, m1...: an ensemble's members
     "peft": ("adapter_config.json", "adapter_model.safetensors", "autoplace_prompt.json"),
     "report": ("report.md", "trials.csv", "*.png"),
     "search": ("study.db", "study.db-wal", "study.db-shm", "study.db-journal", "artifacts", "best", "report.md",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from . import artifact, calibration
+from . import artifact, calibration, ensemble
 from .backbones import Backbone, load_backbone
 from .calibration import CONTENT_FREE
 from .encoding import Featurizer
@@ -17,7 +17,7 @@ from .errors import AutoplaceError
 from .model import PromptedModel
 from .pipeline import PromptConfig, build
 from .tasks import Task, get_task
-from .trainer import TrainConfig, TrainResult, evaluate, train
+from .trainer import TrainConfig, TrainResult, evaluate, predict, train
 
 
 @dataclass
@@ -35,6 +35,15 @@ class Prompted:
 
     def evaluate(self, split: str, batch_size: int = 32) -> dict:
         return evaluate(self.model, self.task, self.items(split), batch_size)[0]
+
+    def predictions(self, split: str) -> tuple[list[int], list]:
+        """(predicted label or token per example, the encoded examples with their answers)."""
+        items = self.items(split)
+        return evaluate(self.model, self.task, items)[1], items
+
+    def scores(self, examples) -> torch.Tensor:
+        """Label (or token) scores of some examples, calibrated when the prompt is."""
+        return predict(self.model, self.featurizer.encode_all(examples))
 
 
 def prepare(task: Task, backbone: Backbone, prompt: PromptConfig, data_dir: str | None = None,
@@ -80,12 +89,15 @@ def export(out_dir: str | Path, run: Prompted, meta: dict) -> Path:
 
 def load(path: str | Path, data_dir: str | None = None, model: str | None = None, device: str | None = None,
          trust_remote_code: bool = False, precision: str = "auto") -> tuple[Prompted, dict]:
-    """Rebuild an exported prompt on its backbone; the weights are checked against the artifact's checksum."""
+    """Rebuild an exported prompt (or an ensemble of them) on its backbone; the weights are checked against the
+    artifact's checksum before the slow backbone load."""
     meta = artifact.read_meta(path)
-    weights = artifact.load_weights(path, meta)  # a corrupt artifact fails before the slow backbone load
+    folders = ensemble.member_dirs(path, meta) if ensemble.is_ensemble(meta) else [Path(path)]
+    weights = [artifact.load_weights(f, artifact.read_meta(f)) for f in folders]
     task = get_task(meta.get("task_file") or meta["task"])
     backbone = load_backbone(model or meta["model"], device, trust_remote_code, precision)
-    return rebuild(path, meta, weights, task, backbone, data_dir), meta
+    runs = [rebuild(f, artifact.read_meta(f), w, task, backbone, data_dir) for f, w in zip(folders, weights)]
+    return (ensemble.Ensemble(runs) if ensemble.is_ensemble(meta) else runs[0]), meta
 
 
 def rebuild(path: str | Path, meta: dict, weights: dict, task: Task, backbone: Backbone,

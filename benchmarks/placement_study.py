@@ -1,23 +1,29 @@
 """The P-tuning paper's placement table, measured: frozen backbone, FewGLUE RTE / CB / BoolQ and MR sentiment.
 
-Rows: zero-shot manual template; a PEFT-style prefix (prepended prompt, MLP encoder, random init as PEFT does);
-the four fixed placements start / middle / end / mixed with the same total prompt length (the search space's
-reference placements); and the template `autoplace search` finds (with --confirm-top). Every trained row gets the
-same budget and the same seeds; dev selects the checkpoint, the test split is only reported. Every seed is kept.
+Rows: zero-shot manual template; the best words of the zero-shot screen (phrasing × label words × calibration,
+scored on train and dev only), zero-shot; a PEFT-style prefix (prepended prompt, MLP encoder, random init as PEFT
+does); the four fixed placements start / middle / end / mixed with the same total prompt length (the search space's
+reference placements, on the built-in default phrasing, so the table shows what the words add); and the template
+`autoplace search` finds over words + places (chosen by k-fold over train and dev). Every trained row gets the same
+budget and the same seeds; dev selects the checkpoint, the test split is only reported. Every seed is kept.
 
-    python benchmarks/placement_study.py --budget small --precision bf16  # a 2-core CPU (target < 90 min)
+    python benchmarks/placement_study.py --budget small --precision bf16 --tasks mr   # one task per sitting
     python benchmarks/placement_study.py --budget full      # a GPU
+
+Runs of single tasks merge into one results file (same budget and seeds), so a study too long for one sitting is
+run task by task.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
 import tempfile
 import time
 
-from common import DATA, mean_std, subset_task, write_results
+from common import DATA, RESULTS, device_tag, mean_std, subset_task, write_results
 
 from autoplace.backbones import PRECISIONS, load_backbone
 from autoplace.plan import Budget, Plan, configs
@@ -29,14 +35,16 @@ from autoplace.search.study import SearchConfig
 from autoplace.tasks import get_task
 
 BUDGETS = {
-    # small cuts: 12 steps per run, inputs truncated to 96 tokens, test subsets (BoolQ 500, MR 500 of val/test),
-    # MR train cut to 64 examples and its dev to 200 (of 994: scoring all of it at every dev step was 44 of the
-    # first run's 96 minutes), a 10-trial search of 12-step trials confirmed over 2 seeds.
-    "small": {"steps": 12, "eval_every": 6, "batch_size": 8, "max_length": 96, "search_trials": 10,
-              "confirm_top": 2, "confirm_seeds": 2, "boolq_test": 500, "mr_test": 500, "mr_train": 64, "mr_dev": 200},
+    # small: every trained row gets 40 steps of batch 8. Paid for by: dev scored twice (steps 20 and 40), inputs cut
+    # to 96 tokens, bf16 on CPUs with bf16 units (--precision bf16), the prefix cache, fixed test subsets (BoolQ
+    # 500, MR 500 of val/test), MR train cut to 512 examples and its dev to 200, and a 12-trial search whose top 2
+    # templates are judged by 4-fold cross-validation over train and dev.
+    "small": {"steps": 40, "eval_every": 20, "batch_size": 8, "max_length": 96, "search_trials": 12,
+              "confirm_top": 2, "folds": 4, "boolq_test": 500, "mr_test": 500, "mr_train": 512, "mr_dev": 200},
+    "smoke": {"steps": 2, "eval_every": 1, "batch_size": 4, "max_length": 64, "search_trials": 9, "confirm_top": 2,
+              "folds": 2, "boolq_test": 40, "mr_test": 40, "mr_train": 40, "mr_dev": 20},  # checks the script runs
     "full": {"steps": 100, "eval_every": 10, "batch_size": 8, "max_length": 256, "search_trials": 40,
-             "confirm_top": 3, "confirm_seeds": 3, "boolq_test": None, "mr_test": None, "mr_train": 32,
-             "mr_dev": None},
+             "confirm_top": 3, "folds": 4, "boolq_test": None, "mr_test": None, "mr_train": None, "mr_dev": None},
 }
 FOLDERS = {"rte": "FewGLUE_32dev", "cb": "FewGLUE_32dev", "boolq": "FewGLUE_32dev", "mr": "MR_snippets"}
 
@@ -71,50 +79,67 @@ def train_row(task, backbone, data_dir, plan: Plan, seed, budget) -> dict:
             "test_metrics": test, "train_seconds": round(result.train_seconds, 2), "steps": result.steps_done}
 
 
+def plan_of(meta: dict) -> Plan:
+    """The plan an exported artifact was trained with."""
+    prompt = meta["prompt"]
+    return Plan(meta["template"], prompt["encoder"], prompt["init"], meta["train"]["lr"],
+                verbalizer=prompt.get("verbalizer"), calibrate=prompt.get("calibrate", False))
+
+
 def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int]) -> dict:
     task, data_dir, keep = task_for(name, budget)
     space = load_space(default_space_path(name))
-    refs = dict(space.references(backbone.causal))
+    default_words = dataclasses.replace(space, skeletons=space.skeletons[:1], verbalizers=None,
+                                        auto_verbalizers=False, calibrations=("none",))
+    refs = dict(default_words.references(backbone.causal))  # fixed placements keep the default phrasing
     ref = space.reference
-    rows = {}
-    print(f"== {name}: zero-shot", flush=True)
-    zero = train_row(task, backbone, data_dir, Plan(space.manual_template, "none", "vocab", ref.lr), seeds[0], budget)
-    rows["zero-shot"] = {"template": space.manual_template, "runs": [zero]}  # no training: one run is all of it
-    prefix = f"[P:{ref.total_length}] {space.manual_template}"
-    plans = {"prefix (PEFT-style)": Plan(prefix, "mlp", "random", ref.lr)}
-    for cls in ("start-only", "middle-only", "end-only", "mixed"):
-        if cls in refs:
-            plans[cls] = Plan(space.render({k.split(":", 1)[1]: v for k, v in refs[cls].items()
-                                            if k.startswith("length:")}), ref.encoder, ref.init, ref.lr)
-    print(f"== {name}: search", flush=True)
+    print(f"== {name}: search over words + places", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = SearchConfig(task=name, space=str(default_space_path(name)), out=tmp, storage=default_url(tmp),
                            study_name=f"bench-{name}", model=model, data_dir=data_dir, precision=backbone.precision,
                            n_trials=budget["search_trials"], seed=0, steps=budget["steps"],
                            eval_every=budget["eval_every"], batch_size=budget["batch_size"],
-                           max_length=budget["max_length"],
-                           confirm_top=budget["confirm_top"], confirm_seeds=budget["confirm_seeds"], progress=False)
+                           max_length=budget["max_length"], confirm_top=budget["confirm_top"], select="cv",
+                           folds=budget["folds"], progress=False)
         started = time.time()
         found = search(cfg, task)  # the search sees the same subsets
         search_seconds = time.time() - started
         best = json.loads(open(f"{tmp}/best/template.json").read())
-    plans["autoplace search"] = Plan(found["template"], best["prompt"]["encoder"], best["prompt"]["init"],
-                                     best["train"]["lr"])
+        import optuna
+        study = optuna.load_study(storage=default_url(tmp), study_name=cfg.study_name)
+        screened = study.user_attrs["words"][0]
+        screen = study.user_attrs["screen"]
+    top = space.skeletons[screened["template"]].manual_template
+    plans = {"zero-shot": Plan(space.manual_template, "none", "vocab", ref.lr),
+             "best screened words, zero-shot": Plan(top, "none", "vocab", ref.lr, verbalizer=screened["verbalizer"],
+                                                    calibrate=screened["calibrate"]),
+             "prefix (PEFT-style)": Plan(f"[P:{ref.total_length}] {space.manual_template}", "mlp", "random", ref.lr)}
+    for cls in ("start-only", "middle-only", "end-only", "mixed"):
+        if cls in refs:
+            plans[cls] = Plan(default_words.render({k.split(":", 1)[1]: v for k, v in refs[cls].items()
+                                                    if k.startswith("length:")}), ref.encoder, ref.init, ref.lr)
+    plans["search over words + places"] = plan_of(best)
+    rows = {}
     for row, plan in plans.items():
-        print(f"== {name}: {row}: {plan.template}", flush=True)
-        rows[row] = {"template": plan.template, "encoder": plan.encoder, "init": plan.init, "lr": plan.lr,
-                     "runs": [train_row(task, backbone, data_dir, plan, s, budget) for s in seeds]}
+        print(f"== {name}: {row}: {plan.template!r} {plan.verbalizer or ''} calibrate={plan.calibrate}", flush=True)
+        untrained = plan.encoder == "none" and "[P" not in plan.template  # no prompt: one run is all of it
+        rows[row] = {"template": plan.template, "verbalizer": plan.verbalizer, "calibrate": plan.calibrate,
+                     "encoder": plan.encoder, "init": plan.init, "lr": plan.lr,
+                     "runs": [train_row(task, backbone, data_dir, plan, s, budget)
+                              for s in (seeds[:1] if untrained else seeds)]}
     for row in rows.values():
         row["test_mean"], row["test_std"] = mean_std([r["test"] for r in row["runs"]])
         row["dev_mean"], row["dev_std"] = mean_std([r["dev"] for r in row["runs"]])
     return {"task": name, "metric": task.primary_metric, "subsets": {k: len(v) for k, v in keep.items()},
-            "subset_indices": keep, "search": {"seconds": round(search_seconds, 1), "trials": found["trials"],
-                                               "template": found["template"]}, "rows": rows}
+            "subset_indices": keep, "screen": {"seconds": screen["seconds"], "kept": screen["kept"]},
+            "search": {"seconds": round(search_seconds, 1), "trials": found["trials"], "template": found["template"],
+                       "dev_interval": found["dev_interval"], "tied": found["tied"]},
+            "rows": rows}
 
 
 def markdown(results: list[dict], budget_name: str, seeds: list[int]) -> str:
     names = [r["task"] for r in results]
-    rows = list(results[0]["rows"])
+    rows = list(dict.fromkeys(row for r in results for row in r["rows"]))
     lines = [f"Budget `{budget_name}`, seeds {seeds}; test accuracy mean ± std over seeds (dev mean in brackets).", "",
              "| row | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
     for row in rows:
@@ -124,14 +149,29 @@ def markdown(results: list[dict], budget_name: str, seeds: list[int]) -> str:
             cells.append("–" if x is None else
                          f"{100 * x['test_mean']:.1f} ± {100 * x['test_std']:.1f} ({100 * x['dev_mean']:.1f})")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    lines += ["", "Templates:", ""]
+    lines += ["", "Wall time per task: " + ", ".join(f"{r['task']} {r['seconds']:.0f} s (`{r['command']}`, commit "
+                                                      f"{r['commit']}, {r['date']})" for r in results) + ".",
+              "", "Templates:", ""]
     for r in results:
         for row, x in r["rows"].items():
-            lines.append(f"- {r['task']} / {row}: `{x['template']}`")
+            words = f" {x['verbalizer']}" if x.get("verbalizer") else ""
+            calibrated = ", calibrated" if x.get("calibrate") else ""
+            lines.append(f"- {r['task']} / {row}: `{x['template']!r}`{words}{calibrated}")
     return "\n".join(lines)
 
 
+def merged(settings: dict, results: list[dict]) -> list[dict]:
+    """This run's tasks, plus those of an earlier run with the same settings (a study run task by task)."""
+    path = RESULTS / f"placement_study-{settings['budget']}-{device_tag()}.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    if any(earlier.get(k) != v for k, v in settings.items()):
+        return results
+    ran = {r["task"] for r in results}
+    return [r for r in earlier["tasks"] if r["task"] not in ran] + results
+
+
 def main() -> None:
+    from common import COMMIT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", choices=list(BUDGETS), default="small")
     parser.add_argument("--tasks", default="rte,cb,boolq,mr")
@@ -143,23 +183,24 @@ def main() -> None:
     args = parser.parse_args()
     budget, seeds = BUDGETS[args.budget], [int(s) for s in args.seeds.split(",")]
     backbone = load_backbone(args.model, precision=args.precision)
-    started = time.time()
+    command = "python benchmarks/placement_study.py " + " ".join(sys.argv[1:])
     results = []
     for name in args.tasks.split(","):
         task_started = time.time()
         results.append(study_task(name, backbone, args.model, budget, seeds))
-        results[-1]["seconds"] = round(time.time() - task_started, 1)
+        results[-1].update(seconds=round(time.time() - task_started, 1), command=command, commit=COMMIT,
+                           date=time.strftime("%Y-%m-%d"))
         print(f"== {name}: {results[-1]['seconds']:.0f} s", flush=True)
+    settings = {"budget": args.budget, "settings": budget, "seeds": seeds, "model": args.model,
+                "precision": backbone.precision}
+    results = merged(settings, results)
+    order = ["rte", "cb", "boolq", "mr"]
+    results.sort(key=lambda r: order.index(r["task"]) if r["task"] in order else len(order))
     table = markdown(results, args.budget, seeds)
     print(table)
-    command = "python benchmarks/placement_study.py " + " ".join(sys.argv[1:])
-    write_results(f"placement_study-{args.budget}",
-                  {"budget": args.budget, "settings": budget, "seeds": seeds, "model": args.model,
-                   "precision": backbone.precision, "command": command,
-                   "wall_seconds": round(time.time() - started, 1), "tasks": results},
-                  f"Produced by `{command}` (precision {backbone.precision}).\n\n" + table
-                  + f"\n\nWall time: {time.time() - started:.0f} s "
-                  + "(" + ", ".join(f"{r['task']} {r['seconds']:.0f} s" for r in results) + ").")
+    write_results(f"placement_study-{args.budget}", {**settings, "tasks": results},
+                  f"Produced task by task by `benchmarks/placement_study.py` (precision {backbone.precision}).\n\n"
+                  + table)
 
 
 if __name__ == "__main__":

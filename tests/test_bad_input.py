@@ -33,6 +33,8 @@ def trained(tmp_path_factory):
                  "[P:2] {sentence} It was [MASK]", "--steps", "2", "--out", str(root / "artifact")]) == 0
     assert main(["search", "--task", str(root / "toy.yaml"), "--space", str(root / "space.yaml"), "--model",
                  "tiny-gpt2", "--n-trials", "2", "--out", str(root / "study")]) == 0
+    assert main(["export", "--storage", f"sqlite:///{root}/study/study.db", "--study-name", "autoplace-toy",
+                 "--ensemble", "2", "--out", str(root / "ensemble")]) == 0
     return root
 
 
@@ -50,8 +52,8 @@ def _write(path, content):
     path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
 
 
-def _artifact(root, tmp, change=None):
-    shutil.copytree(root / "artifact", tmp / "art")
+def _artifact(root, tmp, change=None, source="artifact"):
+    shutil.copytree(root / source, tmp / "art")
     if change:
         change(tmp / "art")
     return str(tmp / "art")
@@ -149,6 +151,18 @@ CASES = {
     "artifact prompt from another version": (lambda r, t: ["eval", _artifact(r, t, _edit_prompt(colour="red"))],
                                              "prompt settings do not fit this version"),
     "artifact not a folder": (lambda r, t: ["eval", str(t / "missing")], "no such folder"),
+    "ensemble member's weights missing": (
+        lambda r, t: ["eval", _artifact(r, t, lambda f: (f / "m1" / "prompt.safetensors").unlink(), "ensemble")],
+        "art/m1: prompt.safetensors is missing"),
+    "ensemble member's weights altered": (
+        lambda r, t: ["eval", _artifact(r, t, lambda f: _truncate(f / "m0"), "ensemble")],
+        "art/m0: prompt.safetensors does not match the checksum"),
+    "search ensemble larger than the trials": (lambda r, t: _search(r, t) + ["--ensemble", "3"],
+                                               "--ensemble 3 is larger than --n-trials 2"),
+    "export ensemble larger than the completed trials": (
+        lambda r, t: ["export", "--storage", f"sqlite:///{r}/study/study.db", "--study-name", "autoplace-toy",
+                      "--ensemble", "3", "--out", str(t / "out")],
+        "--ensemble 3: the study has only 2 distinct completed trial(s)"),
     # storage URLs and studies
     "storage not a URL": (lambda r, t: _search(r, t, storage="study.db"), "not a storage URL"),
     "storage unreachable, password hidden": (
@@ -184,6 +198,8 @@ CASES = {
         "verbalizers and calibration need label words, and task toy is a cloze task"),
     "space calibrate unknown": (lambda r, t: _search(r, t, space=SPACE_YAML + "calibrate: [always]\n"),
                                 "key 'calibrate' must be a non-empty list of none, content_free"),
+    "search cv with more folds than examples": (lambda r, t: _search(r, t) + ["--select", "cv", "--folds", "30"],
+                                                 "--select cv needs 2 or more folds, and at least as many examples"),
     "train verbalizer not JSON": (lambda r, t: train(t, _task(r, t), "--verbalizer", "pos=yes"),
                                   "argument --verbalizer: 'pos=yes' is not a JSON object of label -> word"),
     "train verbalizer lacks a label": (lambda r, t: train(t, _task(r, t), "--verbalizer", '{"pos": " a"}'),

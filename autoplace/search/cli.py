@@ -21,6 +21,9 @@ def add_commands(sub, common, positive, out_args) -> None:
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/study.db)")
     p.add_argument("--study-name", default=None, help="default: autoplace-<task>")
     p.add_argument("--workers", type=positive(int), default=1, help="worker processes on this machine")
+    p.add_argument("--storage-patience", type=positive(float), default=300.0,
+                   help="seconds workers wait for a database server that stops answering before they stop "
+                        "(the same command again resumes)")
     p.add_argument("--devices", default=None, help="comma-separated devices to pin workers to, e.g. cuda:0,cuda:1")
     p.add_argument("--steps", type=positive(int), default=None, help="per-trial training steps (overrides the space)")
     p.add_argument("--eval-every", type=positive(int), default=None)
@@ -29,6 +32,11 @@ def add_commands(sub, common, positive, out_args) -> None:
                    help="input tokens per example (overrides the space)")
     p.add_argument("--confirm-top", type=int, default=0, help="retrain the k best templates over several seeds")
     p.add_argument("--confirm-seeds", type=positive(int), default=3)
+    p.add_argument("--select", choices=["dev", "cv"], default="dev",
+                   help="cv: judge the top templates (--confirm-top, default 3) by k-fold over train and dev")
+    p.add_argument("--folds", type=positive(int), default=4, help="folds for --select cv")
+    p.add_argument("--ensemble", type=positive(int), default=1,
+                   help="k > 1: OUT/best averages the top k templates' calibrated probabilities (as PET does)")
     out_args(p, overwrite=False, default="runs/search",
              help="folder for the study, best/, report.md (new or empty; the same command again resumes it)")
     p.add_argument("--artifacts", default=None, help="where trial prompts are stored (default OUT/artifacts; "
@@ -40,6 +48,8 @@ def add_commands(sub, common, positive, out_args) -> None:
     _study_args(p, out_args, "artifact (or adapter) folder to write")
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
     p.add_argument("--format", choices=["autoplace", "peft"], default="autoplace")
+    p.add_argument("--ensemble", type=positive(int), default=1,
+                   help="k > 1: one artifact of the k best distinct templates, answering together")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("report", help="write report.md, trials.csv and plots for a study")
@@ -49,8 +59,8 @@ def add_commands(sub, common, positive, out_args) -> None:
     p = sub.add_parser("dashboard", help="browse a search's study in optuna-dashboard")
     p.add_argument("out", type=os.path.expanduser, metavar="OUT", help="the search folder")
     p.add_argument("--storage", default=None, help="the search's storage URL (default: sqlite:///OUT/study.db)")
-    p.add_argument("--port", type=int, default=8080, help="0 picks a free port")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080, help="default 8080; 0 picks a free port")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.set_defaults(handler=cmd_dashboard)
 
 
@@ -77,14 +87,23 @@ def cmd_search(args) -> None:
     devices = [resolve_device(d.strip()) for d in args.devices.split(",") if d.strip()] if args.devices else []
     if args.confirm_top < 0:
         raise AutoplaceError("--confirm-top must be 0 or more")
+    if args.ensemble > args.n_trials:
+        raise AutoplaceError(f"--ensemble {args.ensemble} is larger than --n-trials {args.n_trials}")
+    if args.select == "cv":  # fail before the search, not after it
+        pooled = sum(len(task.load_split(split, args.data_dir)) for split in ("train", "dev"))
+        if args.folds < 2 or pooled < args.folds:
+            raise AutoplaceError(f"--select cv needs 2 or more folds, and at least as many examples in train and dev "
+                                 f"together ({task.name} has {pooled}; --folds {args.folds})")
     cfg = SearchConfig(task=args.task, space=space, out=args.out, storage=args.storage or default_url(args.out),
                        study_name=name, model=args.model, data_dir=args.data_dir, n_trials=args.n_trials,
                        timeout=args.timeout, seed=args.seed, pruner=args.pruner, workers=args.workers,
                        devices=devices or ([args.device] if args.device else []), steps=args.steps,
                        eval_every=args.eval_every, batch_size=args.batch_size, max_length=args.max_length,
                        confirm_top=args.confirm_top,
-                       confirm_seeds=args.confirm_seeds, artifacts=args.artifacts,
-                       trust_remote_code=args.trust_remote_code, precision=args.precision)
+                       confirm_seeds=args.confirm_seeds, select=args.select, folds=args.folds, ensemble=args.ensemble,
+                       artifacts=args.artifacts,
+                       trust_remote_code=args.trust_remote_code, precision=args.precision,
+                       storage_patience=args.storage_patience)
     open_storage(cfg.storage)  # a bad URL fails before OUT is created
     outdir.claim(args.out, "search")
     print(json.dumps(search(cfg)))
@@ -96,6 +115,18 @@ def cmd_export(args) -> None:
     from .trials import load_existing, load_trial, pick_trial, trial_files
     outdir.check(args.out, "peft" if args.format == "peft" else "artifact", args.overwrite)
     study = load_existing(args.storage, args.study_name)
+    if args.ensemble > 1:
+        from .. import ensemble
+        from .run import ranked_trials, top_distinct
+        members = top_distinct(ranked_trials(study), args.ensemble)
+        if args.format == "peft":
+            raise AutoplaceError("--ensemble: a PEFT adapter holds one prompt; export the members one by one")
+        if len(members) < args.ensemble:
+            raise AutoplaceError(f"--ensemble {args.ensemble}: the study has only {len(members)} distinct completed "
+                                 "trial(s)")
+        out = ensemble.from_trials(study, members, args.out, args.artifacts, {"dev": None})
+        print(json.dumps({"out": str(out), "trials": [t.number for t in members], "format": "ensemble"}))
+        return
     trial = pick_trial(study, args.trial)
     if args.format == "peft":
         from ..peft_export import export_peft
@@ -125,8 +156,9 @@ def cmd_dashboard(args) -> None:
     from .storage import default_url, open_storage, redact
     url = args.storage or default_url(args.out)
     if url.startswith("sqlite:///") and not Path(url.split(":///", 1)[1]).is_file():  # never create an empty one
-        raise AutoplaceError(f"{args.out} holds no study (no study.db); for a search stored elsewhere pass --storage URL"
-                             if args.storage is None else f"storage {redact(url)!r}: no such database file")
+        raise AutoplaceError(f"storage {redact(url)!r}: no such database file" if args.storage else
+                             f"{args.out} holds no study (no study.db); for a search stored elsewhere, "
+                             "pass --storage URL")
     storage = open_storage(url)
     names = [s.study_name for s in storage.get_all_studies()]
     if not names:
@@ -147,7 +179,8 @@ def cmd_dashboard(args) -> None:
     try:
         httpd = make_server(args.host, args.port, wsgi(storage), server_class=Server, handler_class=Quiet)
     except (OSError, OverflowError) as exc:
-        raise AutoplaceError(f"cannot serve on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or exc}") from None
+        reason = getattr(exc, "strerror", None) or exc
+        raise AutoplaceError(f"cannot serve on {args.host}:{args.port}: {reason}") from None
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"optuna-dashboard for {', '.join(names)} ({redact(url)}): http://{host}:{httpd.server_port}/dashboard/ "
           "(Ctrl-C stops it)", flush=True)

@@ -161,11 +161,17 @@ class Heartbeat:
 
     def _beat(self):
         while not self.stop.wait(self.interval):
+            self._beat_once()
+
+    def _beat_once(self):
+        try:
             self.storage.record_heartbeat(self.trial_id)
+        except Exception:  # the database is away: skip this beat (the worker's own calls wait for it, or say why)
+            pass
 
     def __enter__(self):
         if self.interval:
-            self.storage.record_heartbeat(self.trial_id)
+            self._beat_once()
             self.thread.start()
         return self
 

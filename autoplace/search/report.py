@@ -68,6 +68,13 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
         lines += ["## Winner", "", f"`{final['template']}`", "",
                   f"dev {_metrics(final['dev'])} · **test {_metrics(final['test'])}** (the test split is scored once, "
                   f"for the winner only) · search wall time {final.get('search_seconds', '–')} s", ""]
+        if final.get("dev_interval"):
+            lo, hi = final["dev_interval"]
+            tied = final.get("tied", [])
+            lines += [f"Its dev score's 90% bootstrap interval is {_fmt(lo)}–{_fmt(hi)}: "
+                      + (f"{len(tied)} other completed trial(s) lie inside it and are tied with it on dev "
+                         f"(trials {', '.join(map(str, tied))})." if tied else "no other completed trial lies inside it."),
+                      ""]
     lines += screen_table(study.user_attrs.get("screen"))
     lines += ["## Top templates", "", "| # | trial | template | placement | encoder | init | dev | train s |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -94,6 +101,13 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
         lines += [f"| {c['trial']} | `{c['template']}` | {_fmt(c['search_dev'])} | "
                   f"{', '.join(_fmt(s) for s in c['seed_devs'])} | {_fmt(c['mean_dev'])} ± {_fmt(c['std_dev'])} |"
                   for c in confirm]
+    cv = study.user_attrs.get("cv")
+    if cv:
+        lines += ["", f"## Cross-validation ({cv['folds']} folds of train and dev)", "",
+                  "| trial | template | search dev | fold scores | mean ± std |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {c['trial']} | `{c['template']}` | {_fmt(c['search_dev'])} | "
+                  f"{', '.join(_fmt(s) for s in c['fold_scores'])} | {_fmt(c['mean'])} ± {_fmt(c['std'])} |"
+                  for c in cv["candidates"]]
     lines += ["", "## Parameter importances", ""]
     try:
         with few_trials_quiet():
@@ -111,7 +125,7 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
     lines += [f"- trial {t.number} failed: {t.user_attrs.get('reason', 'no reason recorded')}" for t in failed]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "Files: `trials.csv` (every trial), `best/` (the winner's artifact). "
-                  "Browse the study live with `optuna-dashboard <storage URL>`.", ""]
+                  f"Browse the study live with `autoplace dashboard {out}` (or `optuna-dashboard <storage URL>`).", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

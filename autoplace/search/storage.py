@@ -1,24 +1,31 @@
 """Optuna storages from a URL: any RDB URL (sqlite, postgresql, mysql) or `journal:///path/to/file.log`.
 
 RDB storages get a heartbeat, so a worker killed mid-trial leaves a trial that the next worker marks failed and
-retries (Optuna's RetryHeartbeatStaleTrialCallback); a journal storage has none. Passwords never reach a message.
+retries (Optuna's RetryHeartbeatStaleTrialCallback); a journal storage has none. A database server (PostgreSQL,
+MySQL) may restart mid-study: its storage waits for it (PatientStorage). Passwords never reach a message.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import re
+import threading
 import time
+import warnings
 from pathlib import Path
 
-import warnings
-
 import optuna
+import sqlalchemy.exc
 
 from ..errors import AutoplaceError
+from .lifecycle import say
 
 HEARTBEAT_SECONDS = int(os.environ.get("AUTOPLACE_HEARTBEAT", "30"))
 MAX_RETRY = 2
 SCHEMA_RETRIES = 4
+DEFAULT_PATIENCE = 300.0  # seconds a worker waits for a database server that went away
+MAX_BACKOFF = 10.0
 
 
 def redact(url: str) -> str:
@@ -30,7 +37,8 @@ def default_url(out_dir: str | Path) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / 'study.db'}"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_storage(url: str, patience: float = DEFAULT_PATIENCE) -> optuna.storages.BaseStorage:
+    """patience: seconds to wait for a database server that stops answering mid-study (not for SQLite, a file)."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if url.startswith("journal:"):
@@ -46,9 +54,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if scheme == "sqlite":
         Path(url.split(":///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
     engine = {"connect_args": {"timeout": 60}} if scheme == "sqlite" else {"pool_pre_ping": True}
+    kind = optuna.storages.RDBStorage if scheme == "sqlite" else functools.partial(PatientStorage, patience=patience)
     for attempt in range(SCHEMA_RETRIES):
         try:
-            storage = optuna.storages.RDBStorage(
+            storage = kind(
                 url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=2 * HEARTBEAT_SECONDS,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
             if scheme == "sqlite":  # readers (reports, other workers) then never stall the writer
@@ -69,3 +78,76 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 def _is_schema_race(exc: Exception) -> bool:
     text = str(exc).lower()
     return any(s in text for s in ("already exists", "duplicate key", "unique constraint", "database is locked"))
+
+
+class StorageGone(AutoplaceError):
+    """The database server stopped answering and did not come back within the patience: the worker stops, and the
+    same command resumes the study later (its unfinished trials are reclaimed)."""
+
+
+class PatientStorage(optuna.storages.RDBStorage):
+    """An RDBStorage that waits out a database server restart instead of failing the worker: a call that fails
+    because the connection is lost is retried with exponential backoff for up to `patience` seconds, then raises
+    StorageGone. pool_pre_ping replaces the dead pooled connections once the server is back.
+
+    Every storage call is retried except the heartbeat, which the Heartbeat thread simply skips when it fails:
+    a heartbeat waiting on a dead server would only hold up the worker.
+    """
+
+    def __init__(self, url: str, *, patience: float = DEFAULT_PATIENCE, **kwargs):
+        self.patience, self.shown_url = patience, redact(url)
+        super().__init__(url, **kwargs)
+
+    def _patiently(self, method, *args, **kwargs):
+        if getattr(_nested, "active", False):  # a storage call made by another one: the outer call retries
+            return method(self, *args, **kwargs)
+        _nested.active = True
+        try:
+            deadline, delay, failed = time.monotonic() + self.patience, 0.5, False
+            while True:
+                try:
+                    result = method(self, *args, **kwargs)
+                    if failed:
+                        say(f"storage {self.shown_url!r} is back; going on")
+                    return result
+                except Exception as exc:
+                    if not lost_connection(exc):
+                        raise
+                    if not failed:
+                        failed = True
+                        say(f"storage {self.shown_url!r} is unreachable; retrying for up to {self.patience:g} s")
+                    now = time.monotonic()
+                    if now >= deadline:
+                        raise StorageGone(f"storage {self.shown_url!r} went away and did not come back within "
+                                          f"{self.patience:g} s; run the same command again to resume") from None
+                    time.sleep(min(delay, deadline - now))
+                    delay = min(2 * delay, MAX_BACKOFF)
+        finally:
+            _nested.active = False
+
+
+_nested = threading.local()
+
+
+def _patient(method):
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        return self._patiently(method, *args, **kwargs)
+    return call
+
+
+# The storage API (BaseStorage) and the private methods Optuna's trial cache calls on an RDBStorage.
+_RETRIED = [name for name, _ in inspect.getmembers(optuna.storages.BaseStorage, inspect.isfunction)
+            if not name.startswith("_")] + ["_create_new_trial", "_set_trial_param", "_get_trials",
+                                            "_get_best_trial_id", "_get_stale_trial_ids"]
+for _name in _RETRIED:
+    setattr(PatientStorage, _name, _patient(getattr(optuna.storages.RDBStorage, _name)))
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """The database cannot be reached (refused, reset, shutting down, starting up), as opposed to a bad query.
+    Optuna wraps errors raised at commit in StorageInternalError."""
+    if isinstance(exc, optuna.exceptions.StorageInternalError):
+        exc = exc.__cause__
+    return (isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
+            or getattr(exc, "connection_invalidated", False))

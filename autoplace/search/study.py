@@ -48,10 +48,14 @@ class SearchConfig:
     max_length: int | None = None
     confirm_top: int = 0
     confirm_seeds: int = 3
+    ensemble: int = 0              # > 1: OUT/best averages the top-k templates (PET)
+    select: str = "dev"            # "cv": the top templates are judged by k-fold over train ∪ dev
+    folds: int = 4
     artifacts: str | None = None   # the Optuna artifact store folder (shared storage when several machines join)
     progress: bool | None = None
     trust_remote_code: bool = False
     precision: str = "auto"
+    storage_patience: float = 300.0  # seconds workers wait for a database server that went away before they stop
 
     def to_dict(self) -> dict:
         return {**asdict(self), "storage": redact(self.storage)}
@@ -92,7 +96,7 @@ def open_study(cfg: SearchConfig, objective) -> optuna.Study:
     """Create the study (screen the words, queue its N trials) or join an existing one; re-running resumes.
     objective: a worker's Objective (its space, task and loaded backbone); its space learns the study's words."""
     space, causal = objective.space, objective.backbone.causal
-    storage = open_storage(cfg.storage)
+    storage = open_storage(cfg.storage, cfg.storage_patience)
     budget = effective_budget(cfg, space)
     sampler = make_sampler(cfg.seed)
     pruner = make_pruner(cfg.pruner, budget.steps, budget.eval_every)

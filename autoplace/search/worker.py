@@ -21,6 +21,7 @@ from ..template import parse, placement_class
 from ..trainer import NonFiniteLoss, dev_steps
 from .lifecycle import Heartbeat, Interrupted, claim, raise_on_sigterm, reclaim_orphans, requeue, wait_for_stale
 from .space import load_space
+from .storage import StorageGone
 from .study import ARTIFACT_ATTR, SearchConfig, counts, device_for, effective_budget, open_study
 
 
@@ -98,6 +99,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) ->
         return "pruned", None
     except optuna.exceptions.UpdateFinishedTrialError:  # another process declared it dead and queued a retry
         return "fail", f"trial {trial.number} was taken over by another worker"
+    except StorageGone:  # nothing can be told to a storage that is gone; a re-run reclaims the trial
+        raise
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the trial goes back to the queue before we exit
         signal_name = getattr(exc, "signal_name", "SIGINT")
         fate = ("was marked failed and queued again" if requeue(study, trial._trial_id, f"interrupted by {signal_name}")

@@ -33,6 +33,9 @@ class Classification:
         """The LM-head rows that the scores cover: the label words' first tokens."""
         return label_ids
 
+    def hits(self, task, predicted: list[int], items) -> list[bool]:
+        return [p == it.label for p, it in zip(predicted, items)]
+
     def score(self, task, predicted: list[int], items) -> dict:
         pred, ref = np.asarray(predicted), np.asarray([it.label for it in items])
         out = {"acc": float((pred == ref).mean()) if len(ref) else 0.0}
@@ -71,8 +74,11 @@ class Cloze:
     def scored_rows(self, label_ids: list[int]) -> list[int] | None:
         return None  # the whole vocabulary
 
+    def hits(self, task, predicted: list[int], items) -> list[bool]:
+        return [p in it.targets for p, it in zip(predicted, items)]
+
     def score(self, task, predicted: list[int], items) -> dict:
-        hits = [p in it.targets for p, it in zip(predicted, items)]
+        hits = self.hits(task, predicted, items)
         return {"p@1": float(np.mean(hits)) if hits else 0.0}
 
     def describe(self, task, scores, tokenizer) -> dict:
