@@ -4,7 +4,7 @@ search's trials, its confirmation retrains, `autoplace train` and the benchmarks
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .pipeline import PromptConfig
 from .trainer import TrainConfig
@@ -17,9 +17,6 @@ class Budget:
     eval_every: int = 10
     batch_size: int = 8
     max_length: int = 256
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

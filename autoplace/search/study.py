@@ -110,7 +110,7 @@ def open_study(cfg: SearchConfig, objective) -> optuna.Study:
     if created:
         study.set_user_attr("config", cfg.to_dict())
         study.set_user_attr("space", space.path)
-        study.set_user_attr("budget", budget.to_dict())
+        study.set_user_attr("budget", asdict(budget))
         if space.needs_screen():
             from .screen import screen
             kept, record = screen(space, objective.task, objective.backbone, cfg.data_dir)

@@ -67,25 +67,21 @@ def _hub_label(config: str):
     return lambda ex: names[ex["label"]]
 
 
+def _fewglue(name: str, folder: str, fields: tuple[str, str], verbalizer: dict, description: str, **more) -> Task:
+    """A FewGLUE pair task with the P-tuning paper's manual template, "{a} Question: {b}? Answer: [MASK]"."""
+    return Task(name=name, kind="classification", fields=list(fields),
+                template=f"{{{fields[0]}}} Question: {{{fields[1]}}}? Answer: [MASK]",
+                source=_superglue(folder, name), verbalizer=verbalizer, description=description, **more)
+
+
 BUILTIN = {
-    "rte": Task(
-        name="rte", kind="classification", fields=["premise", "hypothesis"],
-        template="{premise} Question: {hypothesis}? Answer: [MASK]",
-        source=_superglue("RTE", "rte"),
-        verbalizer={"entailment": " Yes", "not_entailment": " No"},
-        description="Recognizing textual entailment (FewGLUE RTE)"),
-    "cb": Task(
-        name="cb", kind="classification", fields=["premise", "hypothesis"],
-        template="{premise} Question: {hypothesis}? Answer: [MASK]",
-        source=_superglue("CB", "cb"),
-        verbalizer={"entailment": " Yes", "contradiction": " No", "neutral": " Maybe"},
-        metrics=("acc", "f1_macro"), description="CommitmentBank, 3-way entailment (FewGLUE CB)"),
-    "boolq": Task(
-        name="boolq", kind="classification", fields=["passage", "question"],
-        template="{passage} Question: {question}? Answer: [MASK]",
-        source=_superglue("BoolQ", "boolq"),
-        verbalizer={"false": " No", "true": " Yes"},
-        description="Yes/no questions about a passage (FewGLUE BoolQ)"),
+    "rte": _fewglue("rte", "RTE", ("premise", "hypothesis"), {"entailment": " Yes", "not_entailment": " No"},
+                    "Recognizing textual entailment (FewGLUE RTE)"),
+    "cb": _fewglue("cb", "CB", ("premise", "hypothesis"),
+                   {"entailment": " Yes", "contradiction": " No", "neutral": " Maybe"},
+                   "CommitmentBank, 3-way entailment (FewGLUE CB)", metrics=("acc", "f1_macro")),
+    "boolq": _fewglue("boolq", "BoolQ", ("passage", "question"), {"false": " No", "true": " Yes"},
+                      "Yes/no questions about a passage (FewGLUE BoolQ)"),
     "mr": Task(
         name="mr", kind="classification", fields=["sentence"],
         template="{sentence} It was [MASK]",
