@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import outdir
 from .errors import AutoplaceError
-from .inputs import field_text, json_lines, read_text
+from .inputs import field_text, json_lines
 
 EXIT_USAGE = 2
 
@@ -32,14 +32,15 @@ def _positive(kind):
     return check
 
 
-def _common(p: argparse.ArgumentParser, model_default: str | None = "smollm2-135m") -> None:
+def _common(p: argparse.ArgumentParser, model_default: str | None = "smollm2-135m",
+            precision_default: str | None = "auto") -> None:
     p.add_argument("--data-dir", default=None, help="folder with the task's data files (or set AUTOPLACE_DATA_DIR)")
     p.add_argument("--model", default=model_default, help="smollm2-135m (offline default), tiny-gpt2, tiny-bert, "
                                                           "a hub id or a local folder")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=precision_default,
                    help="the frozen forward's precision (auto: bf16 on CUDA, fp32 on CPU; bf16 also pays on CPUs "
-                        "with bf16 instructions)")
+                        "with bf16 instructions)" + ("" if precision_default else "; default: the artifact's"))
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
 
 
@@ -88,19 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="contextual calibration: divide label probabilities by those of content-free inputs")
     p.add_argument("--fresh", action="store_true", help="with --template DIR: start from scratch, not its weights")
     _out_args(p, required=True, help="artifact folder to write (new or empty; an older artifact needs --overwrite)")
-    _common(p, model_default=None)
+    _common(p, model_default=None, precision_default=None)
     _train_args(p)
 
     p = sub.add_parser("eval", help="score an exported prompt on a split")
     p.add_argument("artifact")
     p.add_argument("--split", choices=["dev", "test", "train"], default="dev")
-    _common(p, model_default=None)
+    _common(p, model_default=None, precision_default=None)
 
     p = sub.add_parser("predict", help="predict labels for a jsonl file")
     p.add_argument("artifact")
     p.add_argument("--input", required=True)
     _out_args(p, "--output", default=None, help="file to write (default: stdout; an existing file needs --overwrite)")
-    _common(p, model_default=None)
+    p.add_argument("--echo", action="store_true", help="copy each input line's fields into its output line")
+    _common(p, model_default=None, precision_default=None)
 
     from .search.cli import add_commands
     add_commands(sub, _common, _positive, _out_args)
@@ -117,102 +119,44 @@ def cmd_tasks(args) -> None:
               f"    labels: {json.dumps(task.verbalizer)}")
 
 
-def _template_source(arg: str | None, task) -> tuple[str, dict | None, str | None]:
-    """(template text, artifact meta or None, artifact path or None) from --template."""
-    from . import artifact
-    if arg is None:
-        return task.template, None, None
-    if artifact.is_artifact(arg):
-        meta = artifact.read_meta(arg)
-        return meta["template"], meta, arg
-    if os.path.isdir(arg):
-        raise AutoplaceError(f"--template {arg}: folder has no {artifact.META_FILE}")
-    if os.path.isfile(arg):  # os.path checks never raise: text too long to be a path is template text
-        return read_text(arg, "template file").strip(), None, None
-    return arg, None, None
-
-
 def cmd_train(args) -> None:
-    """Train one template's prompt; from an ensemble artifact, each member's, and export them as an ensemble."""
-    from . import ensemble
-    from .tasks import get_task
-    outdir.check(args.out, "artifact", args.overwrite)
-    task = get_task(args.task)
-    text, source_meta, source_dir = _template_source(args.template, task)
-    if not (source_meta and ensemble.is_ensemble(source_meta)):
-        run, summary = _train_one(args, task, text, source_meta, source_dir, args.out)
-        print(json.dumps(summary))
-        return
-    import tempfile
-    from . import artifact
-    with tempfile.TemporaryDirectory() as tmp:
-        runs, folders = [], []
-        for i, member in enumerate(ensemble.member_dirs(source_dir, source_meta)):
-            meta = artifact.read_meta(member)
-            folders.append(Path(tmp) / f"m{i}")
-            runs.append(_train_one(args, task, meta["template"], meta, str(member), folders[-1])[0])
-        together = ensemble.Ensemble(runs)
-        dev, test = together.evaluate("dev"), together.evaluate("test")  # test reported only
-        ensemble.save(args.out, folders, {"template": source_meta["template"], "task": task.name,
-                                          "task_file": task.file, "model": runs[0].backbone.name,
-                                          "backbone": runs[0].backbone.signature(),
-                                          "precision": runs[0].backbone.precision, "dev": dev, "test": test,
-                                          "started_from": source_dir})
-    print(json.dumps({"out": args.out, "ensemble": len(runs), "dev": dev, "test": test}))
+    from . import api
+    trained = api.train(args.task, args.template, args.out, **_options(args, TRAIN_OPTIONS))
+    print(json.dumps(trained.summary))
 
 
-def _train_one(args, task, text: str, source_meta: dict | None, source_dir: str | None, out) -> tuple:
-    """Train, test (reported only) and export one prompt; (the run, its one-line summary)."""
-    from . import artifact
-    from .backbones import load_backbone
-    from .pipeline import check_words
-    from .plan import Budget, Plan, configs
-    from .runner import export, fit, metadata, prepare
-    previous = (source_meta or {}).get("prompt", {})
-    plan = Plan(text, encoder=args.encoder or previous.get("encoder", "lstm"),
-                init=args.init or previous.get("init", "vocab"), lr=args.lr,
-                init_words=tuple(w for w in (args.init_words or "").split(",") if w.strip()),
-                verbalizer=args.verbalizer or previous.get("verbalizer"),
-                calibrate=previous.get("calibrate", False) if args.calibrate is None else args.calibrate)
-    check_words(task, plan)  # bad label words fail before the backbone loads
-    prompt, cfg = configs(plan, Budget(args.steps, args.eval_every, args.batch_size, args.max_length), args.seed)
-    model_name = args.model or (source_meta or {}).get("model") or "smollm2-135m"
-    backbone = load_backbone(model_name, args.device, args.trust_remote_code, args.precision)
-    init_state = None
-    if source_meta and not args.fresh:
-        artifact.check_backbone(source_dir, source_meta, backbone.signature())
-        init_state = artifact.load_weights(source_dir, source_meta)
-    run = prepare(task, backbone, prompt, args.data_dir, init_state)
-    result = fit(run, cfg)
-    test = run.evaluate("test")  # reported only; nothing is chosen on it
-    export(out, run, metadata(run, cfg, result, test, {"started_from": source_dir if init_state else None}))
-    return run, {"out": str(out), "template": prompt.template, "dev": result.dev, "test": test,
-                 "steps": result.steps_done, "train_seconds": round(result.train_seconds, 2),
-                 "seconds_per_step": round(result.train_seconds / max(result.steps_done, 1), 4)}
+TRAIN_OPTIONS = ("data_dir", "model", "device", "precision", "trust_remote_code", "steps", "batch_size", "lr",
+                 "eval_every", "max_length", "seed", "encoder", "init", "init_words", "verbalizer", "calibrate",
+                 "fresh", "overwrite")
+LOAD_OPTIONS = ("data_dir", "model", "device", "precision", "trust_remote_code")
+
+
+def _options(args, names: tuple[str, ...]) -> dict:
+    return {name: getattr(args, name) for name in names}
 
 
 def cmd_eval(args) -> None:
-    from .runner import load
-    run, meta = load(args.artifact, args.data_dir, args.model, args.device, args.trust_remote_code, args.precision)
-    print(json.dumps({"artifact": args.artifact, "split": args.split, "template": meta["template"],
-                      **run.evaluate(args.split)}))
+    from . import api
+    loaded = api.load(args.artifact, **_options(args, LOAD_OPTIONS))
+    print(json.dumps({"artifact": args.artifact, "split": args.split, "template": loaded.meta["template"],
+                      **loaded.evaluate(args.split)}))
 
 
 def cmd_predict(args) -> None:
-    from . import artifact
-    from .runner import load
+    from . import api, artifact
     from .tasks import get_task
     if args.output is not None:
         outdir.check_file(args.output, args.overwrite)
     meta = artifact.read_meta(args.artifact)
     task = get_task(meta.get("task_file") or meta["task"])
-    examples = _read_jsonl(args.input, task.fields, task.coerce)  # bad input fails before the model loads
-    if not examples:
+    numbered = _read_jsonl(args.input, task.fields, task.coerce)  # bad input fails before the model loads
+    if not numbered:
         _write_output(args.output, "")
         print(f"autoplace: input {args.input} has no examples; the output is empty", file=sys.stderr)
         return
-    run, _ = load(args.artifact, args.data_dir, args.model, args.device, args.trust_remote_code, args.precision)
-    lines = [run.task.kind.describe(run.task, row, run.backbone.tokenizer) for row in run.scores(examples)]
+    answers = api.load(args.artifact, **_options(args, LOAD_OPTIONS)).predict([ex for _, _, ex in numbered])
+    lines = [{"id": key, **({"input": raw} if args.echo else {}), **answer}
+             for (key, raw, _), answer in zip(numbered, answers)]
     _write_output(args.output, "".join(json.dumps(line) + "\n" for line in lines))
 
 
@@ -236,14 +180,16 @@ def _write_output(path: str | None, text: str) -> None:
             os.unlink(tmp)
 
 
-def _read_jsonl(path: str, fields: list[str], coerce: bool = False) -> list[dict]:
-    """The examples to predict: each line a JSON object with the task's fields as text (labels are ignored)."""
+def _read_jsonl(path: str, fields: list[str], coerce: bool = False) -> list[tuple]:
+    """(id, the input line's object, the example) per line: each line a JSON object with the task's fields as text
+    (labels are ignored). The id is the line's own `id` or `idx` field, else its line number."""
     examples = []
     for n, row in json_lines(path, "input"):
         missing = [f for f in fields if f not in row]
         if missing:
             raise AutoplaceError(f"input {path} line {n}: field {missing[0]!r} missing")
-        examples.append({f: field_text(row[f], f"input {path} line {n}", f, coerce) for f in fields})
+        key = row.get("id", row.get("idx", n))
+        examples.append((key, row, {f: field_text(row[f], f"input {path} line {n}", f, coerce) for f in fields}))
     return examples
 
 

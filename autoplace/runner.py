@@ -4,6 +4,7 @@ Shared by `autoplace train`, every search trial and `autoplace export`, so all t
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from .errors import AutoplaceError
 from .model import PromptedModel
 from .pipeline import PromptConfig, build
 from .tasks import Task, get_task
+from .tasks.builtin import DATA_DIR_ENV
 from .trainer import TrainConfig, TrainResult, evaluate, predict, train
 
 
@@ -70,6 +72,7 @@ def metadata(run: Prompted, cfg: TrainConfig, result: TrainResult, test: dict | 
         "template": run.prompt.template, "task": run.task.name, "task_file": run.task.file,
         "model": run.backbone.name, "backbone": run.backbone.signature(), "precision": run.backbone.precision,
         "verbalizer": run.task.verbalizer, "prompt": run.prompt.to_dict(), "train": cfg.to_dict(),
+        "data_dir": str(Path(run.data_dir).resolve()) if run.data_dir else None,  # where eval finds the splits
         "steps": result.steps_done, "best_step": result.best_step, "dev": result.dev, "test": test,
         "train_seconds": round(result.train_seconds, 3), **calibration_meta(run), **(extra or {}),
     }
@@ -96,6 +99,8 @@ def load(path: str | Path, data_dir: str | None = None, model: str | None = None
     weights = [artifact.load_weights(f, artifact.read_meta(f)) for f in folders]
     task = get_task(meta.get("task_file") or meta["task"])
     backbone = load_backbone(model or meta["model"], device, trust_remote_code, precision)
+    data_dir = (data_dir or os.environ.get(DATA_DIR_ENV) or meta.get("data_dir")
+                or artifact.read_meta(folders[0]).get("data_dir"))  # given, else the one it was trained on
     runs = [rebuild(f, artifact.read_meta(f), w, task, backbone, data_dir) for f, w in zip(folders, weights)]
     return (ensemble.Ensemble(runs) if ensemble.is_ensemble(meta) else runs[0]), meta
 

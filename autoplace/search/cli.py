@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 from .. import outdir
@@ -72,41 +71,16 @@ def _study_args(p, out_args, out_help: str) -> None:
                                                      "recorded it)")
 
 
+SEARCH_OPTIONS = ("model", "data_dir", "timeout", "seed", "pruner", "workers", "steps", "eval_every", "batch_size",
+                  "max_length", "confirm_top", "confirm_seeds", "select", "folds", "ensemble", "artifacts",
+                  "trust_remote_code", "precision", "storage_patience")
+
+
 def cmd_search(args) -> None:
-    from ..backbones import resolve_device
-    from ..tasks import get_task
-    from .run import search
-    from .space import default_space_path, load_space
-    from .storage import default_url, open_storage
-    from .study import SearchConfig
-    outdir.check(args.out, "search")  # a search resumes in its own folder and refuses any other
-    task = get_task(args.task)
-    space = args.space or str(default_space_path(task.name))
-    load_space(space).check(task)  # a bad space fails here, before any model loads or file is written
-    name = args.study_name or f"autoplace-{re.sub(r'[^A-Za-z0-9_-]', '-', Path(task.name).stem)}"
-    devices = [resolve_device(d.strip()) for d in args.devices.split(",") if d.strip()] if args.devices else []
-    if args.confirm_top < 0:
-        raise AutoplaceError("--confirm-top must be 0 or more")
-    if args.ensemble > args.n_trials:
-        raise AutoplaceError(f"--ensemble {args.ensemble} is larger than --n-trials {args.n_trials}")
-    if args.select == "cv":  # fail before the search, not after it
-        pooled = sum(len(task.load_split(split, args.data_dir)) for split in ("train", "dev"))
-        if args.folds < 2 or pooled < args.folds:
-            raise AutoplaceError(f"--select cv needs 2 or more folds, and at least as many examples in train and dev "
-                                 f"together ({task.name} has {pooled}; --folds {args.folds})")
-    cfg = SearchConfig(task=args.task, space=space, out=args.out, storage=args.storage or default_url(args.out),
-                       study_name=name, model=args.model, data_dir=args.data_dir, n_trials=args.n_trials,
-                       timeout=args.timeout, seed=args.seed, pruner=args.pruner, workers=args.workers,
-                       devices=devices or ([args.device] if args.device else []), steps=args.steps,
-                       eval_every=args.eval_every, batch_size=args.batch_size, max_length=args.max_length,
-                       confirm_top=args.confirm_top,
-                       confirm_seeds=args.confirm_seeds, select=args.select, folds=args.folds, ensemble=args.ensemble,
-                       artifacts=args.artifacts,
-                       trust_remote_code=args.trust_remote_code, precision=args.precision,
-                       storage_patience=args.storage_patience)
-    open_storage(cfg.storage)  # a bad URL fails before OUT is created
-    outdir.claim(args.out, "search")
-    print(json.dumps(search(cfg)))
+    from ..api import search
+    found = search(args.task, args.space, args.n_trials, args.out, args.storage, args.study_name, args.devices,
+                   args.device, **{name: getattr(args, name) for name in SEARCH_OPTIONS})
+    print(json.dumps(found.summary))
 
 
 def cmd_export(args) -> None:
