@@ -55,6 +55,7 @@ class Backbone:
     tokenizer: object
     causal: bool
     precision: str = "fp32"  # "bf16": the frozen forward runs under bf16 autocast; prompts and optimizer stay fp32
+    source: str = ""         # what from_pretrained loads it from (hub id or folder): where a PEFT adapter's base is
     caches: Caches = dataclasses.field(default_factory=Caches, repr=False, compare=False)
 
     @property
@@ -150,11 +151,11 @@ def load_backbone(name: str, device: str | None = None, trust_remote_code: bool 
 @functools.cache
 def _frozen(name: str, device: str, trust_remote_code: bool) -> Backbone:
     """A process loads each backbone once: workers, trials and the winner's test all share it."""
-    model, tokenizer = _load(name, trust_remote_code)
+    model, tokenizer, source = _load(name, trust_remote_code)
     model.eval().requires_grad_(False).to(device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return Backbone(name, model, tokenizer, causal=not _is_masked_lm(model.config))
+    return Backbone(name, model, tokenizer, causal=not _is_masked_lm(model.config), source=source)
 
 
 @functools.cache
@@ -190,12 +191,15 @@ def _is_masked_lm(config) -> bool:
 
 
 def _load(name: str, trust_remote_code: bool):
+    """(model, tokenizer, source): source is what from_pretrained loads this backbone from, a hub id or a folder."""
     if name == "smollm2-135m":
         folder = smollm2_folder()
-        return _from_pretrained(str(folder) if folder else SMOLLM2_HUB_ID, False, name)
+        source = str(folder) if folder else SMOLLM2_HUB_ID
+        return (*_from_pretrained(source, False, name), source)
     if name in TINY_ALIASES:
         return _tiny(name)
-    return _from_pretrained(name, trust_remote_code, name)
+    source = str(Path(name).resolve()) if Path(name).is_dir() else name
+    return (*_from_pretrained(name, trust_remote_code, name), source)
 
 
 def _from_pretrained(source: str, trust_remote_code: bool, name: str):
@@ -227,14 +231,7 @@ def smollm2_folder() -> Path | None:
     model = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
     model.hf_quantizer = None  # the dequantized weights are plain tensors; save them as such
-    partial = target.with_name(target.name + f".partial-{os.getpid()}")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    try:
-        partial.replace(target)
-    except OSError:  # another process finished first; its copy is as good as ours
-        shutil.rmtree(partial, ignore_errors=True)
-    return target
+    return _saved_once(model, tokenizer, target)
 
 
 def _tiny(name: str):
@@ -257,4 +254,17 @@ def _tiny(name: str):
                             bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                             architectures=["GPT2LMHeadModel"])
         model = GPT2LMHeadModel(config)
-    return model, tokenizer
+    return model, tokenizer, str(_saved_once(model, tokenizer, cache_dir() / name))
+
+
+def _saved_once(model, tokenizer, target: Path) -> Path:
+    """A copy on disk, so that tools given only a path (PEFT's base_model_name_or_path) can load the same model."""
+    if not (target / "config.json").exists():
+        partial = target.with_name(target.name + f".partial-{os.getpid()}")
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        try:
+            partial.replace(target)
+        except OSError:  # another process finished first; its copy is the same
+            shutil.rmtree(partial, ignore_errors=True)
+    return target

@@ -73,7 +73,7 @@ def export_peft(run: Prompted, out_dir: str | Path) -> Path:
     n_tokens, hidden = vectors.shape
     model_config = run.backbone.model.config
     config = PromptEncoderConfig(
-        task_type="CAUSAL_LM", base_model_name_or_path=run.backbone.name, inference_mode=True,
+        task_type="CAUSAL_LM", base_model_name_or_path=run.backbone.source or run.backbone.name, inference_mode=True,
         num_virtual_tokens=n_tokens, token_dim=hidden, num_transformer_submodules=1,
         num_attention_heads=getattr(model_config, "num_attention_heads", None),
         num_layers=getattr(model_config, "num_hidden_layers", None),

@@ -1,5 +1,5 @@
-import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,7 +29,11 @@ def exported(request, tiny_gpt2, toy_task_file, tmp_path):
     fit(run, TrainConfig(steps=10, lr=3e-2, eval_every=5), progress=False)
     run.model.eval()
     out = export_peft(run, tmp_path / "adapters" / "adapter")
-    peft_model = peft.PeftModel.from_pretrained(copy.deepcopy(tiny_gpt2.model), out)  # wraps its base in place
+    # the base is loaded from where the adapter says, with no other hint, as a PEFT user would
+    from transformers import AutoModelForCausalLM
+    base = AutoModelForCausalLM.from_pretrained(json.loads((out / "adapter_config.json").read_text())
+                                                ["base_model_name_or_path"])
+    peft_model = peft.PeftModel.from_pretrained(base, out)
     return run, out, peft_model.eval()
 
 
@@ -38,7 +42,8 @@ def test_peft_reproduces_autoplace_scores_and_predictions(exported):
     assert [p.name for p in out.parent.iterdir()] == ["adapter"]  # written atomically, no temporary folder left
     config = json.loads((out / "adapter_config.json").read_text())
     assert (config["peft_type"], config["task_type"], config["inference_mode"]) == ("P_TUNING", "CAUSAL_LM", True)
-    assert config["base_model_name_or_path"] == "tiny-gpt2" and config["num_virtual_tokens"] == 4
+    assert config["base_model_name_or_path"] == run.backbone.source and config["num_virtual_tokens"] == 4
+    assert (Path(run.backbone.source) / "config.json").is_file()  # a folder transformers loads: tiny models are saved
     with torch.no_grad():
         assert torch.equal(peft_model.prompt_encoder["default"].embedding.weight, run.model.encoder())
 

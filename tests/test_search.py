@@ -291,3 +291,17 @@ def test_a_trial_is_never_pruned_at_its_last_step_nor_a_reference_but_the_pruner
 def test_wilcoxon_warns_when_the_budget_gives_it_too_few_evaluations(caplog, steps, eval_every, warns):
     make_pruner("wilcoxon", steps, eval_every)
     assert ("wilcoxon will rarely prune with 4 dev evaluations" in caplog.text) is warns
+
+
+def test_export_and_report_take_the_search_folder_that_search_names(capsys, toy_task_file, space_file, tmp_path):
+    out = tmp_path / "s"
+    assert search(toy_task_file, space_file, out, "--n-trials", "4") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["study_name"] == "autoplace-toy" and summary["storage"] == f"sqlite:///{out.resolve()}/study.db"
+    assert main(["export", str(out), "--trial", "1", "--out", str(tmp_path / "t1")]) == 0
+    assert json.loads(capsys.readouterr().out)["trial"] == 1
+    assert json.loads((tmp_path / "t1" / "template.json").read_text())["trial"] == 1
+    assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "report.md").is_file()
+    assert main(["export", str(tmp_path / "t1"), "--out", str(tmp_path / "t2")]) == 2
+    assert "holds no study (no study.db)" in capsys.readouterr().err

@@ -64,8 +64,10 @@ def add_commands(sub, common, positive, out_args) -> None:
 
 
 def _study_args(p, out_args, out_help: str) -> None:
-    p.add_argument("--storage", required=True)
-    p.add_argument("--study-name", required=True)
+    p.add_argument("search", nargs="?", default=None, metavar="SEARCH", type=os.path.expanduser,
+                   help="a search's OUT folder, instead of --storage and --study-name")
+    p.add_argument("--storage", default=None, help="the study's storage URL (default: SEARCH's study.db)")
+    p.add_argument("--study-name", default=None, help="default: the one study in the storage")
     out_args(p, required=True, help=out_help)
     p.add_argument("--artifacts", default=None, help="the artifact store, if it moved (default: where each trial "
                                                      "recorded it)")
@@ -86,9 +88,9 @@ def cmd_search(args) -> None:
 def cmd_export(args) -> None:
     import tempfile
     from .. import artifact
-    from .trials import load_existing, load_trial, pick_trial, trial_files
+    from .trials import load_trial, pick_trial, trial_files
     outdir.check(args.out, "peft" if args.format == "peft" else "artifact", args.overwrite)
-    study = load_existing(args.storage, args.study_name)
+    study = _open_study(args)
     if args.ensemble > 1:
         from .. import ensemble
         from .run import ranked_trials, top_distinct
@@ -115,11 +117,39 @@ def cmd_export(args) -> None:
 
 def cmd_report(args) -> None:
     from .report import write_report
-    from .trials import load_existing
     outdir.check(args.out, "report", args.overwrite)
-    study = load_existing(args.storage, args.study_name)
+    study = _open_study(args)
     outdir.claim(args.out, "report")  # a search folder keeps its own marker
     print(json.dumps({"report": str(write_report(study, args.out))}))
+
+
+def _open_study(args):
+    """The study named by a search's OUT folder, or by --storage and --study-name."""
+    from .trials import load_existing
+    if args.search is None and not (args.storage and args.study_name):
+        raise AutoplaceError("name the search: its OUT folder (autoplace export runs/nli ...), or --storage and "
+                             "--study-name")
+    url = search_storage(args.search, args.storage)
+    return load_existing(url, args.study_name or _only_study(url))
+
+
+def search_storage(folder: str | None, storage: str | None) -> str:
+    """The storage URL of a search folder (its study.db) unless one is given; never creates an empty database."""
+    from .storage import default_url, redact
+    url = storage or default_url(folder)
+    if url.startswith("sqlite:///") and not Path(url.split(":///", 1)[1]).is_file():
+        raise AutoplaceError(f"storage {redact(url)!r}: no such database file" if storage else
+                             f"{folder} holds no study (no study.db); for a search stored elsewhere, pass --storage URL")
+    return url
+
+
+def _only_study(url: str) -> str:
+    from .storage import open_storage, redact
+    names = [s.study_name for s in open_storage(url).get_all_studies()]
+    if len(names) != 1:
+        raise AutoplaceError(f"storage {redact(url)!r} holds {len(names)} studies ({', '.join(names) or 'none'}): "
+                             "pass --study-name")
+    return names[0]
 
 
 def cmd_dashboard(args) -> None:
@@ -127,12 +157,8 @@ def cmd_dashboard(args) -> None:
     import socket
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-    from .storage import default_url, open_storage, redact
-    url = args.storage or default_url(args.out)
-    if url.startswith("sqlite:///") and not Path(url.split(":///", 1)[1]).is_file():  # never create an empty one
-        raise AutoplaceError(f"storage {redact(url)!r}: no such database file" if args.storage else
-                             f"{args.out} holds no study (no study.db); for a search stored elsewhere, "
-                             "pass --storage URL")
+    from .storage import open_storage, redact
+    url = search_storage(args.out, args.storage)
     storage = open_storage(url)
     names = [s.study_name for s in storage.get_all_studies()]
     if not names:
