@@ -62,7 +62,7 @@ def test_search_runs_n_trials_and_writes_best_and_report(capsys, toy_task_file, 
     for section in ("## Top templates", "## Position effect", "| start-only |", "| end-only |", "| mixed |",
                     "## Parameter importances", "## Confirmation over seeds", "total train steps", "pruned"):
         assert section in report, section
-    for plot in ("history", "intermediate", "score_vs_cost"):
+    for plot in ("history", "curves", "score_vs_cost"):
         assert (out / f"{plot}.png").stat().st_size > 1000
     assert (out / "trials.csv").read_text().count("\n") == 8
 
@@ -305,3 +305,25 @@ def test_export_and_report_take_the_search_folder_that_search_names(capsys, toy_
     assert (tmp_path / "r" / "report.md").is_file()
     assert main(["export", str(tmp_path / "t1"), "--out", str(tmp_path / "t2")]) == 2
     assert "holds no study (no study.db)" in capsys.readouterr().err
+
+
+def test_a_small_search_says_which_references_it_dropped_and_why_importances_are_absent(capsys, toy_task_file,
+                                                                                       space_file, tmp_path):
+    out = tmp_path / "s"
+    assert search(toy_task_file, space_file, out, "--n-trials", "3") == 0
+    err = capsys.readouterr().err
+    assert "--n-trials 3 leaves no room for 1 of the 4 reference trials (mixed) nor for any sampled trial" in err
+    assert "UserWarning" not in err and "Objective Value" not in err
+    study = study_of(out)
+    assert study.user_attrs["dropped_references"] == ["mixed"]
+    report = (out / "report.md").read_text()
+    assert "Not shown: 3 completed trials; importances need 4 or more." in report
+    assert not (out / "importances.png").exists() and (out / "history.png").is_file()
+
+
+def test_importances_cover_only_the_parameters_that_varied(capsys, toy_task_file, space_file, tmp_path):
+    from autoplace.search.report import param_importances
+    out = tmp_path / "s"
+    assert search(toy_task_file, space_file, out, "--n-trials", "4") == 0  # the references: lr never varies
+    importances, why = param_importances(study_of(out))
+    assert "lr" not in importances and "init" not in importances and importances

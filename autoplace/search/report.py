@@ -109,14 +109,13 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
                   f"{', '.join(_fmt(s) for s in c['fold_scores'])} | {_fmt(c['mean'])} ± {_fmt(c['std'])} |"
                   for c in cv["candidates"]]
     lines += ["", "## Parameter importances", ""]
-    try:
-        with few_trials_quiet():
-            importances = optuna.importance.get_param_importances(study)
-        lines += [f"From {len(complete)} completed trials: rough when they are few.", "",
-                  "| parameter | importance |", "| --- | --- |"]
+    importances, why_not = param_importances(study)
+    if importances:
+        lines += [f"From {len(complete)} completed trials, over the parameters that varied: rough when they are few.",
+                  "", "| parameter | importance |", "| --- | --- |"]
         lines += [f"| {name} | {value:.3f} |" for name, value in importances.items()]
-    except (ValueError, RuntimeError) as exc:
-        lines.append(f"Not available yet: {exc}")
+    else:
+        lines.append(f"Not shown: {why_not}.")
     lines += ["", "## Trials", "",
               f"complete {state_counts['complete']} · pruned {state_counts['pruned']} · failed {state_counts['fail']} "
               f"· running {state_counts['running']} · waiting {state_counts['waiting']} · "
@@ -140,40 +139,127 @@ def few_trials_quiet():
         yield
 
 
+MIN_TRIALS_FOR_IMPORTANCE = 4
+
+
+def param_importances(study: optuna.Study) -> tuple[dict, str]:
+    """(importance per parameter that varied, or {} and why there are none). A parameter that never varied (lr
+    when every trial was a reference) has no importance to report, and Optuna would print it as an equal share."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    values: dict[str, set] = {}
+    for t in complete:
+        for name, value in t.params.items():
+            values.setdefault(name, set()).add(value)
+    varied = sorted(name for name, seen in values.items() if len(seen) > 1)
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
+        return {}, f"{len(complete)} completed trials; importances need {MIN_TRIALS_FOR_IMPORTANCE} or more"
+    if not varied:
+        return {}, "no parameter varied over the completed trials (they were all references or alike)"
+    try:
+        with few_trials_quiet():
+            return optuna.importance.get_param_importances(study, params=varied), ""
+    except (ValueError, RuntimeError) as exc:  # e.g. the varied parameters never appear together
+        return {}, f"Optuna could not compute them ({exc})"
+
+
+def _metric(study: optuna.Study) -> str:
+    """The task's metric, as the trials recorded it (acc, p@1...)."""
+    final = study.user_attrs.get("final")
+    for dev in ([final["dev"]] if final and final.get("dev") else []) + [
+            t.user_attrs.get("dev") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]:
+        if dev:
+            return next(iter(dev))
+    return "score"
+
+
 def _plots(study: optuna.Study, out: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
 
+    metric = f"dev {_metric(study)}"
+    drawings = [("history", _history), ("curves", _curves), ("score_vs_cost", _score_vs_cost)]
+    if param_importances(study)[0]:
+        drawings.append(("importances", _importances))
     made = []
-    for name, draw in (("history", ovm.plot_optimization_history), ("importances", ovm.plot_param_importances),
-                       ("intermediate", ovm.plot_intermediate_values), ("score_vs_cost", _score_vs_cost)):
+    for name, draw in drawings:
         try:
-            with few_trials_quiet():
-                draw(study)
-            plt.gcf().set_size_inches(8, 5)
-            plt.tight_layout()
-            plt.savefig(out / f"{name}.png", dpi=80)
+            fig, ax = plt.subplots(figsize=(8, 5))
+            if draw(study, ax, metric) is False:
+                continue
+            fig.tight_layout()
+            fig.savefig(out / f"{name}.png", dpi=80)
             made.append(out / f"{name}.png")
-        except (ValueError, RuntimeError, ZeroDivisionError, KeyError):
-            pass  # e.g. importances need two completed trials with varying parameters
         finally:
             plt.close("all")
     return made
 
 
-def _score_vs_cost(study: optuna.Study):
-    """Dev score against train seconds: cheaper placements that score as well are worth knowing."""
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots()
+def _complete(study: optuna.Study) -> list:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def _history(study: optuna.Study, ax, metric: str):
+    """Every completed trial's dev score by trial number, by placement class; the best so far; the winner."""
+    from matplotlib.ticker import MaxNLocator
+    trials = _complete(study)
+    if not trials:
+        return False
     for placement in PLACEMENTS:
-        points = [(t.user_attrs["train_seconds"], t.value) for t in study.get_trials(deepcopy=False)
-                  if t.state == TrialState.COMPLETE and t.user_attrs.get("placement") == placement]
+        points = [(t.number, t.value) for t in trials if t.user_attrs.get("placement") == placement]
         if points:
             ax.scatter(*zip(*points), label=placement)
+    ordered = sorted(trials, key=lambda t: t.number)
+    best = [max(t.value for t in ordered[:i + 1]) for i in range(len(ordered))]
+    ax.step([t.number for t in ordered], best, where="post", color="grey", label="best so far")
+    final = study.user_attrs.get("final") or {}
+    test = ", ".join(f"{k} {v:.3f}" for k, v in (final.get("test") or {}).items())
+    winner = next((t for t in trials if t.number == final.get("trial")), None)
+    if winner:
+        ax.scatter([winner.number], [winner.value], marker="*", s=300, color="gold", edgecolor="black",
+                   label=f"winner (test {test})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per trial" + (f"; winner: trial {winner.number}, test {test}" if winner else ""))
+    ax.legend(fontsize="small")
+
+
+def _curves(study: optuna.Study, ax, metric: str, top: int = 5):
+    """Dev curves of the top trials, labelled with their template: how the prompt learned."""
+    trials = sorted((t for t in _complete(study) if t.intermediate_values), key=lambda t: t.value, reverse=True)[:top]
+    if not trials:
+        return False
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        label = f"#{t.number} {t.user_attrs.get('template', '')}".replace("\n", "⏎")
+        ax.plot(steps, [t.intermediate_values[s] for s in steps], marker="o",
+                label=label if len(label) < 70 else label[:67] + "...")
+    ax.set_xlabel("train step")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} during training, top {len(trials)} trials")
+    ax.legend(fontsize="x-small")
+
+
+def _importances(study: optuna.Study, ax, metric: str):
+    importances = param_importances(study)[0]
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names])
+    ax.set_xlabel(f"importance for {metric}")
+    ax.set_title("Parameter importances (parameters that varied)")
+
+
+def _score_vs_cost(study: optuna.Study, ax, metric: str):
+    """Dev score against train seconds: cheaper placements that score as well are worth knowing."""
+    trials = _complete(study)
+    for placement in PLACEMENTS:
+        points = [(t.user_attrs.get("train_seconds", 0), t.value) for t in trials
+                  if t.user_attrs.get("placement") == placement]
+        if points:
+            ax.scatter(*zip(*points), label=placement)
+    if not trials:
+        return False
     ax.set_xlabel("train seconds")
-    ax.set_ylabel("dev score")
+    ax.set_ylabel(metric)
     ax.set_title("Score vs cost per trial")
-    ax.legend()
-    return ax
+    ax.legend(fontsize="small")
