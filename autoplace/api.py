@@ -29,7 +29,7 @@ class Artifact:
     """An exported prompt (or ensemble) on its backbone, ready to predict and evaluate."""
     path: Path
     meta: dict
-    run: object = field(repr=False)  # a runner.Prompted or an ensemble.Ensemble
+    run: object = field(repr=False)  # a runner.PromptRun or an ensemble.Ensemble
     summary: dict = field(default_factory=dict)  # what the command line prints for it
 
     def predict(self, examples) -> list[dict]:
@@ -174,8 +174,15 @@ def search(task: str, space: str | None = None, n_trials: int = 30, out: str | P
     out = str(out)
     outdir.check(out, "search")  # a search resumes in its own folder and refuses any other
     the_task = get_task(task)
+    derived = None
+    if space is None and default_space_path(the_task.name) is None:  # the user's own task: derive its space
+        space, derived = str(Path(out) / "space.yaml"), space_text(the_task, options.get("model") or "smollm2-135m",
+                                                                   options.get("data_dir"))
     space = str(space or default_space_path(the_task.name))
-    load_space(space).check(the_task)  # a bad space fails here, before any model loads or file is written
+    if derived is not None and not Path(space).is_file():  # a resumed search keeps the space it started with
+        load_space_text(derived, space).check(the_task)
+    else:
+        load_space(space).check(the_task)  # a bad space fails here, before any model loads or file is written
     name = study_name or f"autoplace-{re.sub(r'[^A-Za-z0-9_-]', '-', Path(the_task.name).stem)}"
     if isinstance(devices, str):
         devices = [d.strip() for d in devices.split(",") if d.strip()]
@@ -185,10 +192,35 @@ def search(task: str, space: str | None = None, n_trials: int = 30, out: str | P
     _check_choice(cfg, the_task)
     open_storage(cfg.storage)  # a bad URL fails before OUT is created
     outdir.claim(out, "search")
+    if derived is not None and not Path(space).is_file():
+        Path(space).write_text(derived, encoding="utf-8")
     summary = run_search(cfg)
     study = optuna.load_study(storage=open_storage(cfg.storage), study_name=cfg.study_name)
     return SearchResult(summary, study, load(summary["best"], cfg.data_dir, cfg.model, cfg.devices[0] if cfg.devices
                                              else None, cfg.precision, cfg.trust_remote_code))
+
+
+def space_text(task, model: str = "smollm2-135m", data_dir: str | None = None) -> str:
+    """The space a search of this task uses unless told otherwise, as YAML: the shipped file of a built-in task,
+    else one derived from the task's template (its budget measured with the backbone's tokenizer)."""
+    from .backbones import load_tokenizer
+    from .search.derive import derived_space
+    from .search.space import default_space_path
+    shipped = default_space_path(task.name)
+    if shipped is not None:
+        return shipped.read_text(encoding="utf-8")
+    return derived_space(task, load_tokenizer(model), data_dir)
+
+
+def load_space_text(text: str, where: str):
+    """A space from YAML text (checked exactly as a file would be), named after where it will be saved."""
+    from .search.space import load_space
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "space.yaml"
+        path.write_text(text, encoding="utf-8")
+        space = load_space(path)
+    space.path = where
+    return space
 
 
 def _check_choice(cfg, task) -> None:

@@ -164,6 +164,16 @@ def _view(backbone: Backbone, precision: str) -> Backbone:
     return dataclasses.replace(backbone, precision=precision)
 
 
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """A backbone's tokenizer alone (cheap: no weights), or None where it cannot be had (an unreachable hub)."""
+    from transformers import AutoTokenizer
+    source = smollm2_folder() if name in ("smollm2-135m", *TINY_ALIASES) else name
+    try:
+        return AutoTokenizer.from_pretrained(source or SMOLLM2_HUB_ID, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
+
+
 def is_causal(name: str, trust_remote_code: bool = False) -> bool:
     """The backbone kind without loading its weights (reads the config only)."""
     if name in ("smollm2-135m", "tiny-gpt2"):

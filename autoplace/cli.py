@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--echo", action="store_true", help="copy each input line's fields into its output line")
     _common(p, model_default=None, precision_default=None)
 
+    p = sub.add_parser("space", help="print (or write) the search space a search of a task would use, to edit")
+    p.add_argument("--task", required=True, help="a built-in task or a task .yaml")
+    p.add_argument("--model", default="smollm2-135m", help="whose tokenizer measures the input budget")
+    p.add_argument("--data-dir", default=None)
+    _out_args(p, "--out", default=None, help="YAML file to write (default: stdout)")
+
     from .search.cli import add_commands
     add_commands(sub, _common, _positive, _out_args)
     return parser
@@ -117,6 +123,19 @@ def cmd_tasks(args) -> None:
         alias = f" (alias of {task.name})" if name in ALIASES else ""
         print(f"{name}{alias}: {task.description}\n    template: {task.template}\n"
               f"    labels: {json.dumps(task.verbalizer)}")
+
+
+def cmd_space(args) -> None:
+    from .api import space_text
+    from .tasks import get_task
+    text = space_text(get_task(args.task), args.model, args.data_dir)
+    if args.out is None:
+        sys.stdout.write(text)
+        return
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise AutoplaceError(f"--out {args.out}: folder {os.path.dirname(os.path.abspath(args.out))} does not exist")
+    outdir.check_file(args.out, args.overwrite, "--out")
+    _write_output(args.out, text)
 
 
 def cmd_train(args) -> None:

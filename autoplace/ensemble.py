@@ -22,7 +22,7 @@ MEMBER = "m{}"
 
 
 class Ensemble:
-    """Members (Prompted runs) on one backbone and task; they differ in template, words and prompt."""
+    """Members (PromptRun objects) on one backbone and task; they differ in template, words and prompt."""
 
     def __init__(self, members: list, trials: list = ()):
         if not members:

@@ -15,8 +15,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .backbones import Backbone
-from .encoders import PromptEncoder
-from .encoding import NO_SLOT
+from .prompt_encoders import PromptEncoder
+from .featurize import NO_SLOT
 from .prefix_cache import first_slot, rest_of
 
 

@@ -20,6 +20,7 @@ ENTRIES = {  # what each type of folder holds besides the marker
     "peft": ("adapter_config.json", "adapter_model.safetensors", "autoplace_prompt.json"),
     "report": ("report.md", "trials.csv", "*.png"),
     "search": ("study.db", "study.db-wal", "study.db-shm", "study.db-journal", "artifacts", "best", "report.md",
+               "space.yaml",
                "trials.csv", "*.png", ".best.*"),  # .best.*: a staged best/ that a killed search left behind
 }
 ACCEPTS = {"report": ("report", "search")}  # a report may go into its search's folder; other types only their own

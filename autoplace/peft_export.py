@@ -34,13 +34,13 @@ from safetensors.torch import save_file
 
 from .artifact import staged
 from .errors import AutoplaceError
-from .runner import Prompted
+from .runner import PromptRun
 from .template import Slot, Text
 
 INFO_FILE = "autoplace_prompt.json"
 
 
-def check_exportable(run: Prompted) -> None:
+def check_exportable(run: PromptRun) -> None:
     """Raise AutoplaceError (one line, saying why) unless PEFT can reproduce this prompt exactly."""
     template = run.featurizer.template
     if not run.backbone.causal:
@@ -60,7 +60,7 @@ def check_exportable(run: Prompted) -> None:
         raise AutoplaceError(f"PEFT can only prepend prompts: template {template.text!r} has its slot after text")
 
 
-def export_peft(run: Prompted, out_dir: str | Path) -> Path:
+def export_peft(run: PromptRun, out_dir: str | Path) -> Path:
     """Write run's prompt as a PEFT P-tuning adapter folder (replacing an older one only once complete)."""
     check_exportable(run)
     try:

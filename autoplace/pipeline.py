@@ -7,8 +7,8 @@ import torch
 
 from .backbones import Backbone
 from .calibration import content_free_examples
-from .encoders import PromptEncoder, init_vectors
-from .encoding import Featurizer
+from .prompt_encoders import PromptEncoder, init_vectors
+from .featurize import Featurizer
 from .errors import AutoplaceError
 from .model import PromptedModel
 from .tasks import Task

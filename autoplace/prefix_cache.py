@@ -23,7 +23,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .encoding import NO_SLOT
+from .featurize import NO_SLOT
 
 DEFAULT_MAX_BYTES = 1 << 30  # per backbone; least recently used prefixes are dropped beyond it
 

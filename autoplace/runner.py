@@ -13,7 +13,7 @@ import torch
 from . import artifact, calibration, ensemble
 from .backbones import Backbone, load_backbone
 from .calibration import CONTENT_FREE
-from .encoding import Featurizer
+from .featurize import Featurizer
 from .errors import AutoplaceError
 from .model import PromptedModel
 from .pipeline import PromptConfig, build
@@ -23,7 +23,7 @@ from .trainer import TrainConfig, TrainResult, evaluate, predict, train
 
 
 @dataclass
-class Prompted:
+class PromptRun:
     """A built prompt on its backbone, with what it knows about its task."""
     task: Task
     backbone: Backbone
@@ -49,7 +49,7 @@ class Prompted:
 
 
 def prepare(task: Task, backbone: Backbone, prompt: PromptConfig, data_dir: str | None = None,
-            init_state: dict | None = None) -> Prompted:
+            init_state: dict | None = None) -> PromptRun:
     featurizer, model = build(task, backbone, prompt)
     if init_state is not None:
         try:
@@ -58,15 +58,15 @@ def prepare(task: Task, backbone: Backbone, prompt: PromptConfig, data_dir: str 
             raise AutoplaceError("the starting prompt's weights do not fit this template/encoder "
                                  "(pass --fresh to start from scratch)") from None
     calibration.refresh(model)
-    return Prompted(featurizer.task, backbone, prompt, featurizer, model, data_dir)  # the task with the prompt's words
+    return PromptRun(featurizer.task, backbone, prompt, featurizer, model, data_dir)  # the task with the prompt's words
 
 
-def fit(run: Prompted, cfg: TrainConfig, callback=None, progress: bool | None = None) -> TrainResult:
+def fit(run: PromptRun, cfg: TrainConfig, callback=None, progress: bool | None = None) -> TrainResult:
     """Train on train and select on dev; the test split is not touched here."""
     return train(run.model, run.task, run.items("train"), run.items("dev"), cfg, callback, progress)
 
 
-def metadata(run: Prompted, cfg: TrainConfig, result: TrainResult, test: dict | None,
+def metadata(run: PromptRun, cfg: TrainConfig, result: TrainResult, test: dict | None,
              extra: dict | None = None) -> dict:
     return {
         "template": run.prompt.template, "task": run.task.name, "task_file": run.task.file,
@@ -78,7 +78,7 @@ def metadata(run: Prompted, cfg: TrainConfig, result: TrainResult, test: dict | 
     }
 
 
-def calibration_meta(run: Prompted) -> dict:
+def calibration_meta(run: PromptRun) -> dict:
     """The final prompt's p_cf, so eval and predict apply exactly the calibration that dev scored."""
     if run.model.log_prior is None:
         return {}
@@ -86,12 +86,12 @@ def calibration_meta(run: Prompted) -> dict:
                             "p_cf": run.model.log_prior.exp().tolist()}}
 
 
-def export(out_dir: str | Path, run: Prompted, meta: dict) -> Path:
+def export(out_dir: str | Path, run: PromptRun, meta: dict) -> Path:
     return artifact.save(out_dir, run.model.encoder.state_dict(), meta)
 
 
 def load(path: str | Path, data_dir: str | None = None, model: str | None = None, device: str | None = None,
-         trust_remote_code: bool = False, precision: str = "auto") -> tuple[Prompted, dict]:
+         trust_remote_code: bool = False, precision: str = "auto") -> tuple[PromptRun, dict]:
     """Rebuild an exported prompt (or an ensemble of them) on its backbone; the weights are checked against the
     artifact's checksum before the slow backbone load."""
     meta = artifact.read_meta(path)
@@ -106,7 +106,7 @@ def load(path: str | Path, data_dir: str | None = None, model: str | None = None
 
 
 def rebuild(path: str | Path, meta: dict, weights: dict, task: Task, backbone: Backbone,
-            data_dir: str | None) -> Prompted:
+            data_dir: str | None) -> PromptRun:
     """An exported prompt on a task and backbone already in hand: the search scores its winner on exactly the
     task, device and precision its trials ran on."""
     artifact.check_backbone(path, meta, backbone.signature())

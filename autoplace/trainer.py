@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from . import calibration
 from .backbones import Backbone
-from .encoding import Encoded, collate
+from .featurize import Encoded, collate
 from .errors import AutoplaceError
 from .model import PromptedModel
 from .tasks import Task

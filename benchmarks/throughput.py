@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from autoplace.backbones import load_backbone  # noqa: E402
-from autoplace.encoding import collate  # noqa: E402
+from autoplace.featurize import collate  # noqa: E402
 from autoplace.pipeline import PromptConfig, build  # noqa: E402
 from autoplace.tasks import get_task  # noqa: E402
 from autoplace.trainer import autocast, train_step  # noqa: E402

@@ -200,6 +200,13 @@ CASES = {
                                 "key 'calibrate' must be a non-empty list of none, content_free"),
     "search cv with more folds than examples": (lambda r, t: _search(r, t) + ["--select", "cv", "--folds", "30"],
                                                  "--select cv needs 2 or more folds, and at least as many examples"),
+    "search a task template with no field": (
+        lambda r, t: ["search", "--task", _task(r, t, toy_yaml=TOY_YAML.replace("{sentence} It was [MASK]",
+                                                                              "It was [MASK]")),
+                      "--model", "tiny-gpt2", "--out", str(t / "out")],
+        "its template 'It was [MASK]' has no {field}"),
+    "space --out into a missing folder": (lambda r, t: ["space", "--task", "rte", "--out", str(t / "nope" / "s.yaml")],
+                                          "nope does not exist"),
     "train verbalizer not JSON": (lambda r, t: train(t, _task(r, t), "--verbalizer", "pos=yes"),
                                   "argument --verbalizer: 'pos=yes' is not a JSON object of label -> word"),
     "train verbalizer lacks a label": (lambda r, t: train(t, _task(r, t), "--verbalizer", '{"pos": " a"}'),

@@ -113,7 +113,7 @@ def test_cli_choices_are_the_ones_the_code_accepts():
     """The CLI spells its choices out (importing torch/optuna for them would slow `--help`); they must not drift."""
     from autoplace.backbones import PRECISIONS
     from autoplace.cli import build_parser
-    from autoplace.encoders import ENCODERS, INITS
+    from autoplace.prompt_encoders import ENCODERS, INITS
     from autoplace.search.study import PRUNERS
     commands = build_parser()._subparsers._group_actions[0].choices
     choices = {(name, a.dest): set(a.choices) for name, p in commands.items() for a in p._actions if a.choices}

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from autoplace.encoding import NO_SLOT, collate
+from autoplace.featurize import NO_SLOT, collate
 from autoplace.errors import AutoplaceError
 from autoplace.pipeline import PromptConfig, build
 from autoplace.tasks import get_task

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoplace.encoding import collate
+from autoplace.featurize import collate
 from autoplace.errors import AutoplaceError
 from autoplace.pipeline import PromptConfig
 from autoplace.runner import fit, prepare

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from autoplace.backbones import load_backbone
-from autoplace.encoding import collate
+from autoplace.featurize import collate
 from autoplace.pipeline import PromptConfig, build
 from autoplace.prefix_cache import PrefixCache, first_slot
 from autoplace.tasks import get_task

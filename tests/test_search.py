@@ -191,14 +191,14 @@ def test_test_split_is_read_only_after_the_search(monkeypatch, capsys, toy_task_
 @pytest.mark.parametrize("confirm_top", ["0", "1"])
 def test_the_winner_is_tested_on_the_backbone_and_precision_its_trials_ran_on(monkeypatch, capsys, toy_task_file,
                                                                              space_file, tmp_path, confirm_top):
-    from autoplace.runner import Prompted
-    scored, original = [], Prompted.evaluate
+    from autoplace.runner import PromptRun
+    scored, original = [], PromptRun.evaluate
 
     def spy(self, split, batch_size=32):
         scored.append((split, self.backbone.precision))
         return original(self, split, batch_size)
 
-    monkeypatch.setattr(Prompted, "evaluate", spy)
+    monkeypatch.setattr(PromptRun, "evaluate", spy)
     assert search(toy_task_file, space_file, tmp_path / "s", "--n-trials", "2", "--steps", "4", "--eval-every", "2",
                   "--precision", "bf16", "--confirm-top", confirm_top, "--confirm-seeds", "1") == 0
     assert scored == [("test", "bf16")]
@@ -327,3 +327,23 @@ def test_importances_cover_only_the_parameters_that_varied(capsys, toy_task_file
     assert search(toy_task_file, space_file, out, "--n-trials", "4") == 0  # the references: lr never varies
     importances, why = param_importances(study_of(out))
     assert "lr" not in importances and "init" not in importances and importances
+
+
+def test_a_search_prints_one_line_per_finished_trial_unless_quiet(toy_task_file, space_file, tmp_path):
+    """Run as a user would, with stderr not a terminal (a log, CI): plain lines, no bar."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    cmd = [str(Path(sys.executable).with_name("autoplace")), "search", "--task", str(toy_task_file), "--space",
+           str(space_file), "--model", "tiny-gpt2", "--n-trials", "5", "--pruner", "none"]
+    done = subprocess.run(cmd + ["--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("autoplace: trial ")]
+    assert len(lines) == 5 and "\r" not in done.stderr  # one line per trial, no bar redrawn in a log
+    assert lines[0].startswith("autoplace: trial 0 complete (1/5 done, ETA ")
+    assert "none `{sentence} It was [MASK]` · dev acc " in lines[0] and "best " in lines[0]
+    assert lines[-1].startswith("autoplace: trial 4 complete (5/5 done) · ")
+    assert json.loads(done.stdout)["trials"]["complete"] == 5
+    quiet = subprocess.run(cmd + ["--out", str(tmp_path / "b"), "--quiet"], capture_output=True, text=True,
+                           timeout=600)
+    assert quiet.returncode == 0 and "autoplace: trial" not in quiet.stderr

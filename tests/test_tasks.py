@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from autoplace.encoding import collate
+from autoplace.featurize import collate
 from autoplace.errors import AutoplaceError
 from autoplace.pipeline import PromptConfig, build
 from autoplace.tasks import get_task

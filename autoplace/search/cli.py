@@ -34,6 +34,7 @@ def add_commands(sub, common, positive, out_args) -> None:
     p.add_argument("--select", choices=["dev", "cv"], default="dev",
                    help="cv: judge the top templates (--confirm-top, default 3) by k-fold over train and dev")
     p.add_argument("--folds", type=positive(int), default=4, help="folds for --select cv")
+    p.add_argument("--quiet", action="store_true", help="no line per finished trial, no progress bar")
     p.add_argument("--ensemble", type=positive(int), default=1,
                    help="k > 1: OUT/best averages the top k templates' calibrated probabilities (as PET does)")
     out_args(p, overwrite=False, default="runs/search",
@@ -81,7 +82,8 @@ SEARCH_OPTIONS = ("model", "data_dir", "timeout", "seed", "pruner", "workers", "
 def cmd_search(args) -> None:
     from ..api import search
     found = search(args.task, args.space, args.n_trials, args.out, args.storage, args.study_name, args.devices,
-                   args.device, **{name: getattr(args, name) for name in SEARCH_OPTIONS})
+                   args.device, progress=False if args.quiet else None,
+                   **{name: getattr(args, name) for name in SEARCH_OPTIONS})
     print(json.dumps(found.summary))
 
 

@@ -43,12 +43,19 @@ def raise_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), so a reused pid is not mistaken for ours."""
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (Linux; [] elsewhere): [0] the state, [19] the start
+    time in clock ticks since boot."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return None
+        return []
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time, so a reused pid is not mistaken for ours."""
+    fields = _proc_stat(pid)
+    return fields[19] if len(fields) > 19 else None
 
 
 def me() -> dict:
@@ -65,6 +72,8 @@ def is_alive(owner: dict) -> bool | None:
         return False
     except (PermissionError, KeyError, TypeError, ValueError):
         return True
+    if _proc_stat(int(owner["pid"]))[:1] in (["Z"], ["X"]):  # a zombie: dead, its parent has not yet waited for it
+        return False
     now = _start_time(int(owner["pid"]))
     return owner.get("started") is None or now is None or now == owner["started"]
 

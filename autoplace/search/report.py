@@ -94,6 +94,8 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
               "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r['placement']} | {r['trials']} | {r['complete']} | {_fmt(r['best_dev'])} | {_fmt(r['mean_dev'])} |"
               for r in position_table(trials)]
+    if (out / "position_effect.png").is_file():
+        lines += ["", "![position effect](position_effect.png)"]
     confirm = study.user_attrs.get("confirm")
     if confirm:
         lines += ["", "## Confirmation over seeds", "", "| trial | template | search dev | seed devs | mean ± std |",
@@ -122,7 +124,7 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
               f"total train steps {total_steps}", ""]
     failed = [t for t in trials if t.state == TrialState.FAIL]
     lines += [f"- trial {t.number} failed: {t.user_attrs.get('reason', 'no reason recorded')}" for t in failed]
-    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p.stem != "position_effect"]
     lines += ["", "Files: `trials.csv` (every trial), `best/` (the winner's artifact). "
                   f"Browse the study live with `autoplace dashboard {out}` (or `optuna-dashboard <storage URL>`).", ""]
     path = out / "report.md"
@@ -178,7 +180,8 @@ def _plots(study: optuna.Study, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     metric = f"dev {_metric(study)}"
-    drawings = [("history", _history), ("curves", _curves), ("score_vs_cost", _score_vs_cost)]
+    drawings = [("position_effect", _position_effect), ("history", _history), ("curves", _curves),
+                ("score_vs_cost", _score_vs_cost)]
     if param_importances(study)[0]:
         drawings.append(("importances", _importances))
     made = []
@@ -193,6 +196,35 @@ def _plots(study: optuna.Study, out: Path) -> list[Path]:
         finally:
             plt.close("all")
     return made
+
+
+def _position_effect(study: optuna.Study, ax, metric: str):
+    """The P-tuning paper's picture: a column per placement class, every completed trial a point; the zero-shot
+    references and the winner marked; with --confirm-top, the confirmed means and their spread."""
+    trials = _complete(study)
+    if not trials:
+        return False
+    final, where = study.user_attrs.get("final") or {}, {}
+    for x, placement in enumerate(PLACEMENTS):
+        group = [t for t in trials if t.user_attrs.get("placement") == placement]
+        for i, t in enumerate(group):
+            where[t.number] = (x + 0.25 * ((i * 0.618) % 1 - 0.5), t.value)  # a fixed jitter keeps points apart
+    ax.scatter(*zip(*where.values()), alpha=0.7, label="completed trial")
+    zero_shot = [where[t.number] for t in trials if t.user_attrs.get("reference") == "zero-shot"]
+    if zero_shot:
+        ax.scatter(*zip(*zero_shot), marker="D", s=80, facecolor="none", edgecolor="tab:red", label="zero-shot")
+    if final.get("trial") in where:
+        ax.scatter(*where[final["trial"]], marker="*", s=300, color="gold", edgecolor="black", label="winner")
+    placement_of = {t.number: t.user_attrs.get("placement") for t in trials}
+    for i, c in enumerate(study.user_attrs.get("confirm") or []):
+        ax.errorbar([PLACEMENTS.index(placement_of.get(c["trial"], "none")) + 0.3], [c["mean_dev"]],
+                    yerr=[c["std_dev"]], fmt="s", color="tab:green", capsize=4,
+                    label=None if i else "confirmed mean ± std")
+    ax.set_xticks(range(len(PLACEMENTS)), PLACEMENTS)
+    ax.set_xlabel("where the prompt slots are")
+    ax.set_ylabel(metric)
+    ax.set_title(f"Position effect: {metric} of every completed trial by placement")
+    ax.legend(fontsize="small")
 
 
 def _complete(study: optuna.Study) -> list:

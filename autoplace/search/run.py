@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from .. import ensemble
 from ..errors import AutoplaceError
 from ..plan import configs
-from ..runner import Prompted, export, fit, metadata, prepare
+from ..runner import PromptRun, export, fit, metadata, prepare
 from .lifecycle import say
 from .storage import open_storage, redact
 from .study import SearchConfig, counts, open_study
@@ -40,7 +40,8 @@ def search(cfg: SearchConfig, task=None) -> dict:
         work_done = Parallel(n_jobs=cfg.workers, backend="loky")(delayed(work)(cfg, i, task)
                                                                  for i in range(cfg.workers))
     search_seconds = time.time() - start
-    study = optuna.load_study(storage=open_storage(cfg.storage, cfg.storage_patience), study_name=cfg.study_name)
+    storage = open_storage(cfg.storage, cfg.storage_patience, wait=True)
+    study = optuna.load_study(storage=storage, study_name=cfg.study_name)
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         raise AutoplaceError(f"study {cfg.study_name!r} has no completed trial; nothing to export "
                              f"(trial states: {counts(study)})")
@@ -68,7 +69,7 @@ def search(cfg: SearchConfig, task=None) -> dict:
             "storage": redact(cfg.storage)}
 
 
-def judge_dev(run: Prompted, study: optuna.Study, winner: int | None) -> tuple[tuple[float, float], list[int]]:
+def judge_dev(run: PromptRun, study: optuna.Study, winner: int | None) -> tuple[tuple[float, float], list[int]]:
     """The winner's 90% bootstrap interval on dev, and the completed trials inside it (tied with it on dev)."""
     predicted, items = run.predictions("dev")
     interval = bootstrap_interval(run.task.kind.hits(run.task, predicted, items))
@@ -80,7 +81,7 @@ def _done(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def choose_winner(cfg: SearchConfig, study: optuna.Study, objective: Objective) -> tuple[Prompted, dict]:
+def choose_winner(cfg: SearchConfig, study: optuna.Study, objective: Objective) -> tuple[PromptRun, dict]:
     """The best trial by dev; with --confirm-top k, the best of k templates by mean dev over --confirm-seeds runs;
     with --select cv, the best of the top templates by mean score on folds of train ∪ dev."""
     ranked = ranked_trials(study)

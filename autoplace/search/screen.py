@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..calibration import apply, content_free_examples
-from ..encoders import PromptEncoder
-from ..encoding import Featurizer
+from ..prompt_encoders import PromptEncoder
+from ..featurize import Featurizer
 from ..errors import AutoplaceError
 from ..model import PromptedModel
 from ..pipeline import parse_for

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..encoders import ENCODERS, INITS
+from ..prompt_encoders import ENCODERS, INITS
 from ..errors import AutoplaceError
 from ..plan import Budget, Plan
 from ..template import Mask, TemplateError, parse, placement_class, unescape, validate
@@ -203,8 +203,9 @@ class SearchSpace:
 
 
 # -- loading ---------------------------------------------------------------------------------------------------
-def default_space_path(task_name: str) -> Path:
-    return SPACES_DIR / f"{FAMILY.get(task_name, 'nli')}.yaml"
+def default_space_path(task_name: str) -> Path | None:
+    """A built-in task's shipped space; None for any other task (its space is derived from its template)."""
+    return SPACES_DIR / f"{FAMILY[task_name]}.yaml" if task_name in FAMILY else None
 
 
 def _range(spec: dict, key: str, kind, lo_key="min", hi_key="max", bounds=None) -> tuple:

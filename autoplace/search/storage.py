@@ -37,8 +37,10 @@ def default_url(out_dir: str | Path) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / 'study.db'}"
 
 
-def open_storage(url: str, patience: float = DEFAULT_PATIENCE) -> optuna.storages.BaseStorage:
-    """patience: seconds to wait for a database server that stops answering mid-study (not for SQLite, a file)."""
+def open_storage(url: str, patience: float = DEFAULT_PATIENCE, wait: bool = False) -> optuna.storages.BaseStorage:
+    """patience: seconds a database server may stay unreachable before a storage call gives up (not SQLite: a file
+    does not restart). wait: wait for it while opening too, as a worker joining a study does; otherwise a server
+    that cannot be reached fails at once (a wrong URL should not take minutes to say so)."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if url.startswith("journal:"):
@@ -51,28 +53,42 @@ def open_storage(url: str, patience: float = DEFAULT_PATIENCE) -> optuna.storage
     if "://" not in url or scheme not in ("sqlite", "postgresql", "mysql"):
         raise AutoplaceError(f"storage {redact(url)!r}: not a storage URL (use sqlite:///file.db, "
                              "postgresql://user:pass@host/db, mysql://... or journal:///file.log)")
-    if scheme == "sqlite":
-        Path(url.split(":///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
-    engine = {"connect_args": {"timeout": 60}} if scheme == "sqlite" else {"pool_pre_ping": True}
-    kind = optuna.storages.RDBStorage if scheme == "sqlite" else functools.partial(PatientStorage, patience=patience)
+    def open_server():
+        return _open_rdb(url, PatientStorage, {"pool_pre_ping": True}, patience=patience)
+    try:
+        if scheme == "sqlite":
+            return _open_sqlite(url)
+        return patiently(open_server, patience, redact(url)) if wait else open_server()
+    except ImportError as exc:
+        raise AutoplaceError(f"storage {redact(url)!r}: database driver missing ({exc.name}); "
+                             "pip install 'psycopg[binary]' for PostgreSQL") from None
+    except AutoplaceError:
+        raise
+    except Exception as exc:  # sqlalchemy errors
+        first = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        raise AutoplaceError(f"storage {redact(url)!r} cannot be opened: {first}") from None
+
+
+def _open_sqlite(url: str) -> optuna.storages.RDBStorage:
+    Path(url.split(":///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
+    storage = _open_rdb(url, optuna.storages.RDBStorage, {"connect_args": {"timeout": 60}})
+    with storage.engine.connect() as connection:  # readers (reports, other workers) then never stall the writer
+        connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+    return storage
+
+
+def _open_rdb(url: str, kind: type, engine: dict, **kwargs) -> optuna.storages.RDBStorage:
+    """An RDB storage with a heartbeat; two processes creating the schema at once collide, so that is retried."""
     for attempt in range(SCHEMA_RETRIES):
         try:
-            storage = kind(
-                url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=2 * HEARTBEAT_SECONDS,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
-            if scheme == "sqlite":  # readers (reports, other workers) then never stall the writer
-                with storage.engine.connect() as connection:
-                    connection.exec_driver_sql("PRAGMA journal_mode=WAL")
-            return storage
-        except ImportError as exc:
-            raise AutoplaceError(f"storage {redact(url)!r}: database driver missing ({exc.name}); "
-                                 "pip install 'psycopg[binary]' for PostgreSQL") from None
-        except Exception as exc:  # sqlalchemy errors; two processes creating the schema at once collide
+            return kind(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
+                        grace_period=2 * HEARTBEAT_SECONDS, heartbeat_stale_trial_callback=(
+                            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)), **kwargs)
+        except Exception as exc:
             if attempt + 1 < SCHEMA_RETRIES and _is_schema_race(exc):
                 time.sleep(1 + attempt)
                 continue
-            first = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
-            raise AutoplaceError(f"storage {redact(url)!r} cannot be opened: {first}") from None
+            raise
 
 
 def _is_schema_race(exc: Exception) -> bool:
@@ -103,27 +119,36 @@ class PatientStorage(optuna.storages.RDBStorage):
             return method(self, *args, **kwargs)
         _nested.active = True
         try:
-            deadline, delay, failed = time.monotonic() + self.patience, 0.5, False
-            while True:
-                try:
-                    result = method(self, *args, **kwargs)
-                    if failed:
-                        say(f"storage {self.shown_url!r} is back; going on")
-                    return result
-                except Exception as exc:
-                    if not lost_connection(exc):
-                        raise
-                    if not failed:
-                        failed = True
-                        say(f"storage {self.shown_url!r} is unreachable; retrying for up to {self.patience:g} s")
-                    now = time.monotonic()
-                    if now >= deadline:
-                        raise StorageGone(f"storage {self.shown_url!r} went away and did not come back within "
-                                          f"{self.patience:g} s; run the same command again to resume") from None
-                    time.sleep(min(delay, deadline - now))
-                    delay = min(2 * delay, MAX_BACKOFF)
+            return patiently(lambda: method(self, *args, **kwargs), self.patience, self.shown_url)
         finally:
             _nested.active = False
+
+
+def patiently(call, patience: float, shown_url: str):
+    """call() again, with exponential backoff, while it fails because the database cannot be reached; after
+    `patience` seconds, StorageGone."""
+    deadline, delay, failed = time.monotonic() + patience, 0.5, False
+    while True:
+        try:
+            result = call()
+        except Exception as exc:
+            if not lost_connection(exc):
+                if failed:  # it answered, if only to refuse (say, a trial that another worker failed meanwhile)
+                    say(f"storage {shown_url!r} is back; going on")
+                raise
+            if not failed:
+                failed = True
+                say(f"storage {shown_url!r} is unreachable; retrying for up to {patience:g} s")
+            now = time.monotonic()
+            if now >= deadline:
+                raise StorageGone(f"storage {shown_url!r} went away and did not come back within {patience:g} s; "
+                                  "run the same command again to resume") from None
+            time.sleep(min(delay, deadline - now))
+            delay = min(2 * delay, MAX_BACKOFF)
+            continue
+        if failed:
+            say(f"storage {shown_url!r} is back; going on")
+        return result
 
 
 _nested = threading.local()

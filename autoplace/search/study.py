@@ -96,7 +96,7 @@ def open_study(cfg: SearchConfig, objective) -> optuna.Study:
     """Create the study (screen the words, queue its N trials) or join an existing one; re-running resumes.
     objective: a worker's Objective (its space, task and loaded backbone); its space learns the study's words."""
     space, causal = objective.space, objective.backbone.causal
-    storage = open_storage(cfg.storage, cfg.storage_patience)
+    storage = open_storage(cfg.storage, cfg.storage_patience, wait=True)  # a worker may join mid-outage
     budget = effective_budget(cfg, space)
     sampler = make_sampler(cfg.seed)
     pruner = make_pruner(cfg.pruner, budget.steps, budget.eval_every)

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from .. import artifact
 from ..errors import AutoplaceError
-from ..runner import Prompted, load, rebuild
+from ..runner import PromptRun, load, rebuild
 from .storage import open_storage, redact
 from .study import ARTIFACT_ATTR
 
@@ -39,7 +39,7 @@ def trial_files(study: optuna.Study, trial: optuna.trial.FrozenTrial, folder: Pa
 
 
 def load_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, data_dir: str | None,
-               artifacts: str | None = None, onto=None) -> tuple[Prompted, dict]:
+               artifacts: str | None = None, onto=None) -> tuple[PromptRun, dict]:
     """A trial's stored prompt, rebuilt on `onto`'s task and backbone (a worker's Objective) when given, else
     loaded as exported."""
     with tempfile.TemporaryDirectory() as tmp:

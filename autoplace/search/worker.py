@@ -8,8 +8,8 @@ from pathlib import Path
 
 import optuna
 import torch
+from optuna.trial import TrialState
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from tqdm.auto import tqdm
 
 from .. import artifact
 from ..backbones import load_backbone
@@ -20,9 +20,10 @@ from ..tasks import get_task
 from ..template import parse, placement_class
 from ..trainer import NonFiniteLoss, dev_steps
 from .lifecycle import Heartbeat, Interrupted, claim, raise_on_sigterm, reclaim_orphans, requeue, wait_for_stale
+from .progress import Progress
 from .space import load_space
 from .storage import StorageGone
-from .study import ARTIFACT_ATTR, SearchConfig, counts, device_for, effective_budget, open_study
+from .study import ARTIFACT_ATTR, SearchConfig, device_for, effective_budget, open_study
 
 
 class Objective:
@@ -89,14 +90,13 @@ def keep_going(trial: optuna.Trial, step: int, last_step: int, is_reference: boo
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> tuple[str, str | None]:
     """Run one claimed trial and tell the study; a failing trial never ends the worker."""
+    value, state, attrs = None, TrialState.FAIL, {}
     try:
         with Heartbeat(study, trial):
             value = objective(trial)
-        study.tell(trial, value)
-        return "complete", None
+        state = TrialState.COMPLETE
     except optuna.TrialPruned:
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        return "pruned", None
+        state = TrialState.PRUNED
     except optuna.exceptions.UpdateFinishedTrialError:  # another process declared it dead and queued a retry
         return "fail", f"trial {trial.number} was taken over by another worker"
     except StorageGone:  # nothing can be told to a storage that is gone; a re-run reclaims the trial
@@ -108,19 +108,35 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) ->
         raise Interrupted(signal_name, f"interrupted ({signal_name}): trial {trial.number} {fate}; "
                                        "run the same command again to resume") from None
     except NonFiniteLoss as exc:
-        reason = f"non-finite loss: {exc}"
+        attrs["reason"] = f"non-finite loss: {exc}"
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
-        reason = "CUDA out of memory"
+        attrs["reason"] = "CUDA out of memory"
     except AutoplaceError as exc:
-        reason = str(exc)
+        attrs["reason"] = str(exc)
     except Exception as exc:  # a bug or a broken backbone: keep the study alive, keep the evidence
-        reason = f"{type(exc).__name__}: {exc}"
-        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-    trial.set_user_attr("reason", reason)
-    trial.set_user_attr("failure", reason.split(":")[0])  # the kind, to tell "every trial fails alike"
-    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    return "fail", reason
+        attrs = {"traceback": traceback.format_exc()[-4000:], "reason": f"{type(exc).__name__}: {exc}"}
+    try:
+        if state == TrialState.FAIL:
+            attrs["failure"] = attrs["reason"].split(":")[0]  # the kind, to tell "every trial fails alike"
+            for key, text in attrs.items():
+                trial.set_user_attr(key, text)
+        tell(study, trial, value if state == TrialState.COMPLETE else None,
+             None if state == TrialState.COMPLETE else state)
+    except optuna.exceptions.UpdateFinishedTrialError:  # failed by another worker meanwhile (a stale heartbeat)
+        return "fail", f"trial {trial.number} was taken over by another worker"
+    return state.name.lower(), attrs.get("reason")
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, state: TrialState | None = None):
+    """study.tell; a trial that another worker has finished meanwhile (it found the heartbeat stale, as after a
+    database outage) raises UpdateFinishedTrialError, like every other write to it, not Optuna's ValueError."""
+    try:
+        study.tell(trial, value, state)
+    except ValueError:
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} is already finished") from None
+        raise
 
 
 def work(cfg: SearchConfig, worker: int = 0, task=None, objective: Objective | None = None) -> dict:
@@ -136,9 +152,8 @@ def work(cfg: SearchConfig, worker: int = 0, task=None, objective: Objective | N
     objective = objective or Objective(cfg, device, task)
     study = open_study(cfg, objective)
     start, done, failures = time.time(), {"complete": 0, "pruned": 0, "fail": 0}, []
-    total = study.user_attrs["n_trials"]
-    show = cfg.progress if cfg.progress is not None else None
-    with tqdm(total=total, desc="trials", disable=(worker != 0) or (None if show is None else not show)) as bar:
+    progress = Progress(study, worker, cfg.progress)
+    try:
         while cfg.timeout is None or time.time() - start < cfg.timeout:
             reclaim_orphans(study)
             trial = claim(study)
@@ -146,15 +161,16 @@ def work(cfg: SearchConfig, worker: int = 0, task=None, objective: Objective | N
                 if wait_for_stale(study):  # an earlier run's trial came back to the queue
                     continue
                 break
+            began = time.time()
             state, reason = run_trial(study, trial, objective)
             done[state] += 1
+            progress.trial_done(study, trial, state, reason, time.time() - began)
             if reason:
                 failures.append(reason)
                 if _all_failed_alike(study, reason):
                     raise AutoplaceError(f"every trial so far failed the same way: {reason}")
-            c = counts(study)
-            bar.n = c["complete"] + c["pruned"]
-            bar.refresh()
+    finally:
+        progress.close()
     return {"worker": worker, **done, "failures": failures}
 
 

@@ -1,0 +1,90 @@
+"""A search space for a task that ships none, derived from the task's own template.
+
+A user's task file already says where its fields and its answer are, so it already says where prompts can go: at
+the start, after each field, right before the literal text that leads to the answer, and (masked LMs) after the
+answer. The ranges are the defaults; the input budget comes from the train split's token lengths, so a short task
+does not pay for 256 tokens. The task's own template and words come first, the manual default.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import yaml
+
+from ..errors import AutoplaceError
+from ..template import Field, Mask, Slot, Text, parse, render
+
+BOUNDARY = re.compile(r"[?.!;\n](?=[^?.!;\n]*\S[^?.!;\n]*$)")  # the last sentence break with words after it
+ATTACHED = re.compile(r"[?.!,;:)\"']*")  # punctuation written right after a field
+SLOT_ROOM = 3 * 8  # the most prompt tokens the default ranges place (3 slots of 8)
+
+
+def skeleton_of(template: str, task_name: str) -> str:
+    """The template with <place> markers: <start>, <after:FIELD>, <before:answer>, <end>."""
+    parts = [p for p in parse(template).parts if not isinstance(p, Slot)]  # the search places its own prompts
+    if not any(isinstance(p, Field) for p in parts):
+        raise AutoplaceError(f"task {task_name}: its template {template!r} has no {{field}}, so there is nowhere "
+                             "to place a prompt around the input")
+    mask_at = next(i for i, p in enumerate(parts) if isinstance(p, Mask))
+    seen: dict[str, int] = {}
+    out = [" <start> "]
+    for i, part in enumerate(parts):
+        if isinstance(part, Field):
+            seen[part.name] = seen.get(part.name, 0) + 1
+            suffix = "" if seen[part.name] == 1 else f"-{seen[part.name]}"
+            follows = parts[i + 1].text if isinstance(parts[i + 1], Text) else ""
+            attached = ATTACHED.match(follows).group(0)  # "{hypothesis}?": the mark stays with its field
+            out += [f"{{{part.name}}}{attached}", f" <after:{part.name}{suffix}> "]
+            if attached:
+                parts[i + 1] = Text(follows[len(attached):])
+        elif isinstance(part, Text) and i == mask_at - 1 and part.text.strip():
+            out += _lead_in(part.text)
+        elif isinstance(part, Text):
+            out.append(part.text)
+        elif isinstance(part, Mask):
+            last = next(x for x in reversed(out) if x.strip())
+            if " <before:answer> " not in out and not last.startswith(" <after:"):
+                out.append(" <before:answer> ")
+            out += ["[MASK]", " <end> "]
+    return re.sub(r" *\n *", "\n", re.sub(r" {2,}", " ", "".join(out))).strip()
+
+
+def _lead_in(text: str) -> list[str]:
+    """The text before [MASK], with <before:answer> before the words that lead to the answer ("Answer:"), or right
+    before [MASK] when all of it leads there."""
+    match = None
+    for match in BOUNDARY.finditer(text):
+        pass
+    head, lead = (text[:match.end()], text[match.end():]) if match else ("", text)
+    return [head, " <before:answer> ", lead] if head.strip() else [text, " <before:answer> "]
+
+
+def budget_length(task, tokenizer, data_dir: str | None, template: str) -> int:
+    """Input tokens per example: the train split's 95th percentile with this template, plus room for prompts,
+    rounded up to a multiple of 16."""
+    parsed = parse(template)
+    examples = task.load_split("train", data_dir)
+    lengths = [len(tokenizer(render(parsed, ex), add_special_tokens=True).input_ids) for ex in examples]
+    needed = int(np.percentile(lengths, 95)) + SLOT_ROOM + 2
+    return int(min(512, max(32, -(-needed // 16) * 16)))
+
+
+def derived_space(task, tokenizer=None, data_dir: str | None = None) -> str:
+    """The space as commented YAML, ready to save, edit and pass back with --space."""
+    skeleton = skeleton_of(task.template, task.name)
+    length = budget_length(task, tokenizer, data_dir, task.template) if tokenizer is not None else 256
+    spec = {"task": task.name, "templates": [skeleton], "slots": {"min": 1, "max": 3},
+            "length": {"min": 2, "max": 8}, "init": ["vocab", "random"], "encoder": ["lstm", "mlp", "none"],
+            "lr": {"low": 1.0e-4, "high": 3.0e-2, "log": True},
+            "budget": {"steps": 100, "eval_every": 10, "batch_size": 8, "max_length": length},
+            "reference": {"total_length": 6, "lr": 3.0e-3, "encoder": "lstm", "init": "vocab"}}
+    if task.kind.needs_verbalizer:
+        spec["verbalizers"] = [dict(task.verbalizer)]
+        spec["calibrate"] = ["none", "content_free"]
+    header = (f"# Search space derived from task {task.name}'s template {task.template!r}.\n"
+              "# Places: <start>, <after:FIELD> after each field, <before:answer> before the words that lead to the\n"
+              "# answer, <end> after [MASK] (masked LMs only). Add phrasings under `templates:` and label words under\n"
+              "# `verbalizers:` (or `auto`); the first of each is the task's own. max_length: the train split's 95th\n"
+              "# percentile of tokens with this template, plus room for prompts. Schema: search_spaces/README.md.\n")
+    return header + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=120)

@@ -1,0 +1,67 @@
+"""What a running search tells its user: one line per finished trial, and on a terminal a bar with an ETA.
+
+A first search on a CPU takes minutes per trial; silence for ten minutes reads as a hang. Lines go to stderr (stdout
+carries the final JSON), so logs and CI show them too; `--quiet` turns them off.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import optuna
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+
+class Progress:
+    def __init__(self, study: optuna.Study, worker: int, show: bool | None):
+        self.total = study.user_attrs["n_trials"]
+        self.enabled = show is not False
+        self.started, self.finished_here = time.time(), 0
+        # a thread lock, not tqdm's multiprocessing one: when a pool worker raises, joblib kills the others, and
+        # their locks would be reported as leaked semaphores after our one-line error
+        tqdm.set_lock(threading.RLock())
+        on_terminal = self.enabled and worker == 0 and sys.stderr.isatty()
+        self.bar = tqdm(total=self.total, desc="trials", disable=not on_terminal, file=sys.stderr)
+        self.worker = worker
+
+    def trial_done(self, study: optuna.Study, trial: optuna.Trial, state: str, reason: str | None,
+                   seconds: float) -> None:
+        self.finished_here += 1
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        self.bar.n = len(finished)
+        self.bar.refresh()
+        if self.enabled:
+            tqdm.write(self.line(study, trial, state, reason, seconds, finished), file=sys.stderr)
+
+    def line(self, study, trial, state: str, reason: str | None, seconds: float, finished: list) -> str:
+        frozen = study._storage.get_trial(trial._trial_id)
+        attrs = frozen.user_attrs
+        if state == "complete":
+            what = f"dev {_metrics(attrs.get('dev'))}"
+        elif state == "pruned":
+            what = attrs.get("reason", "pruned")
+        else:
+            what = f"failed: {reason}"
+        complete = [t for t in finished if t.state == TrialState.COMPLETE]
+        best = max(complete, key=lambda t: t.value) if complete else None
+        left = self.total - len(finished)
+        per_trial = (time.time() - self.started) / self.finished_here
+        eta = f", ETA {_duration(per_trial * left)} for this worker" if left > 0 else ""
+        template = attrs.get("template", "").replace("\n", "⏎")
+        best_so_far = f"best {best.value:.3f} (trial {best.number})" if best else "no best yet"
+        return (f"autoplace: trial {trial.number} {state} ({len(finished)}/{self.total} done{eta}) · "
+                f"{attrs.get('placement', '?')} `{template}` · {what} · {attrs.get('steps', 0)} steps · "
+                f"{seconds:.0f} s · {best_so_far}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _metrics(dev: dict | None) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in (dev or {}).items()) or "–"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
