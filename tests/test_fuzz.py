@@ -8,6 +8,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
@@ -110,20 +111,13 @@ def test_template_parser_accepts_or_refuses(text):
         accepted(validate, template, ["sentence"], causal)
 
 
+@pytest.mark.parametrize("loader, keys", [(load_task_file, TASK), (load_space, SPACE)], ids=["task", "space"])
 @bounded(500)
-@given(document=yaml_documents(TASK))
-def test_task_loader_accepts_or_refuses(document, tmp_path):
-    path = tmp_path / "task.yaml"
-    path.write_text(document, encoding="utf-8")
-    accepted(load_task_file, path)
-
-
-@bounded(500)
-@given(document=yaml_documents(SPACE))
-def test_space_loader_accepts_or_refuses(document, tmp_path):
-    path = tmp_path / "space.yaml"
-    path.write_text(document, encoding="utf-8")
-    accepted(load_space, path)
+@given(data=st.data())
+def test_yaml_loaders_accept_or_refuse(loader, keys, data, tmp_path):
+    path = tmp_path / "file.yaml"
+    path.write_text(data.draw(yaml_documents(keys)), encoding="utf-8")
+    accepted(loader, path)
 
 
 @bounded(30)
@@ -149,7 +143,7 @@ def test_predict_reader_accepts_or_refuses(text, coerce, tmp_path):
         event("refused")
         return
     event(f"accepted {'no' if not examples else 'some'} examples")
-    assert all(isinstance(e["sentence"], str) for e in examples)
+    assert all(isinstance(example["sentence"], str) for _, _, example in examples)
 
 
 @bounded(10)
