@@ -77,10 +77,10 @@ def _swap_in(new: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
     """safetensors' save_file, but written by Python: a full disk then raises OSError, which staged() turns into
     one line (safetensors' own writer raises its own error type)."""
-    path.write_bytes(serialize(tensors))
+    path.write_bytes(serialize(tensors, metadata=metadata))
 
 
 def save(out_dir: str | Path, state: dict[str, torch.Tensor], meta: dict) -> Path:

@@ -30,9 +30,8 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from .artifact import staged
+from .artifact import save_file, staged
 from .errors import AutoplaceError
 from .runner import PromptRun
 from .template import Slot, Text

@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -111,18 +112,32 @@ def requeue(study: optuna.Study, trial_id: int, reason: str) -> bool:
 
 
 def reclaim_orphans(study: optuna.Study) -> list[int]:
-    """Put back the trials whose worker on this host is gone, then those Optuna finds stale by heartbeat."""
-    reclaimed = []
+    """Put back the trials whose worker on this host is gone, those that a worker claimed but never signed (the
+    database went away in between) once they are older than the heartbeat's grace period, then those Optuna finds
+    stale by heartbeat (which needs a first heartbeat, so it cannot see unsigned ones)."""
+    reclaimed, unsigned = [], []
+    grace = grace_period(study._storage)
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = frozen.system_attrs.get(OWNER_ATTR)
         if owner and is_alive(owner) is False and requeue(
                 study, frozen._trial_id, f"worker gone: process {owner['pid']} ended without finishing the trial"):
             reclaimed.append(frozen.number)
+        elif not owner and grace and _age(frozen) > grace and requeue(
+                study, frozen._trial_id, "unsigned: its worker lost the storage right after claiming it"):
+            unsigned.append(frozen.number)
     optuna.storages.fail_stale_trials(study)
     if reclaimed:
         say(f"trial(s) {', '.join(map(str, reclaimed))} were left RUNNING by a process that is gone; "
             "marked failed and queued again")
-    return reclaimed
+    if unsigned:
+        say(f"trial(s) {', '.join(map(str, unsigned))} were claimed by a worker that lost the storage before it "
+            "could sign them; marked failed and queued again")
+    return reclaimed + unsigned
+
+
+def _age(frozen: optuna.trial.FrozenTrial) -> float:
+    """Seconds since the trial was claimed (set RUNNING)."""
+    return (datetime.now() - frozen.datetime_start).total_seconds() if frozen.datetime_start else 0.0
 
 
 def running_elsewhere(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

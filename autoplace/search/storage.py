@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 import re
 import threading
@@ -112,6 +113,7 @@ class PatientStorage(optuna.storages.RDBStorage):
 
     def __init__(self, url: str, *, patience: float = DEFAULT_PATIENCE, **kwargs):
         self.patience, self.shown_url = patience, redact(url)
+        logging.getLogger("optuna.storages._rdb.storage").addFilter(_not_a_lost_connection)
         super().__init__(url, **kwargs)
 
     def _patiently(self, method, *args, **kwargs):
@@ -169,10 +171,21 @@ for _name in _RETRIED:
     setattr(PatientStorage, _name, _patient(getattr(optuna.storages.RDBStorage, _name)))
 
 
-def lost_connection(exc: BaseException) -> bool:
-    """The database cannot be reached (refused, reset, shutting down, starting up), as opposed to a bad query.
-    Optuna wraps errors raised at commit in StorageInternalError."""
-    if isinstance(exc, optuna.exceptions.StorageInternalError):
-        exc = exc.__cause__
-    return (isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
-            or getattr(exc, "connection_invalidated", False))
+def lost_connection(exc: BaseException | None) -> bool:
+    """The database cannot be reached (refused, reset, shutting down, starting up), as opposed to a bad query: this
+    error, or one it was raised from or while handling. Optuna wraps errors in StorageInternalError, and SQLAlchemy
+    raises PendingRollbackError when Optuna retries a query on a connection that dropped mid-query."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if (isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
+                or getattr(exc, "connection_invalidated", False)):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _not_a_lost_connection(record: logging.LogRecord) -> bool:
+    """Optuna takes a connection lost mid-query for too long a query and logs the error with its SQL; the storage
+    says what happened in one line instead."""
+    return not record.getMessage().startswith("Caught an error from sqlalchemy")
