@@ -341,6 +341,16 @@ def test_out_never_replaces_a_users_folder(command, overwrite, trained, tmp_path
     assert _snapshot(mine) == before and sorted(os.listdir(tmp_path)) == listing
 
 
+def test_a_users_file_inside_an_autoplace_folder_is_never_replaced(trained, tmp_path, capsys):
+    """A file the user put into an artifact folder makes it theirs: refused even with --overwrite, left intact."""
+    art = pathlib.Path(_artifact(trained, tmp_path))
+    (art / "notes.txt").write_text("my notes")
+    before = _snapshot(art)
+    args = _with_out(train(tmp_path, _task(trained, tmp_path)), art) + ["--overwrite"]
+    _one_line_error(capsys, args, f"--out {art} holds notes.txt, which autoplace did not write")
+    assert _snapshot(art) == before
+
+
 def test_an_older_artifact_is_replaced_only_with_overwrite(trained, tmp_path, capsys):
     art = pathlib.Path(_artifact(trained, tmp_path))
     before = _snapshot(art)

@@ -7,7 +7,7 @@ from autoplace.featurize import NO_SLOT, collate
 from autoplace.errors import AutoplaceError
 from autoplace.pipeline import PromptConfig, build
 from autoplace.tasks import get_task
-from autoplace.trainer import TrainConfig, dev_steps, evaluate, train
+from autoplace.trainer import TrainConfig, dev_steps, evaluate, predict, train
 
 EXAMPLE = {"sentence": "the movie was good", "label": "pos"}
 
@@ -225,3 +225,70 @@ def test_unknown_precision_is_refused():
     from autoplace.backbones import load_backbone
     with pytest.raises(AutoplaceError, match="precision 'fp8'"):
         load_backbone("tiny-gpt2", "cpu", precision="fp8")
+
+
+DEV_STEPS, DEV_SCORES = [2, 4, 6, 8, 10], [0.5, 0.75, 0.875, 0.625, 0.5]  # dev rises, peaks at step 6, then falls
+
+
+@pytest.mark.parametrize("calibrate", [False, True], ids=["raw", "calibrated"])
+def test_dev_selects_the_kept_prompt_when_dev_rises_then_falls(tiny_gpt2, toy_task_file, monkeypatch, calibrate):
+    """Dev selects: with dev scores that rise and then fall, training keeps the prompt of the best dev step (not the
+    last one), reports that step and its score, and a calibrated prompt divides by the content-free prior of the
+    prompt it kept. The dev scores are scripted; the prompt is really trained, and snapshotted at every dev step."""
+    from autoplace import calibration, trainer
+    task, feat, model = _build(toy_task_file, tiny_gpt2, "[P:2] {sentence} It was [P:2] [MASK]", encoder="mlp",
+                               calibrate=calibrate)
+    calibration.refresh(model)
+    items = feat.encode_all(task.load_split("train"))
+    scripted, snapshots = iter(DEV_SCORES), []
+
+    def scripted_dev(model, task, items, batch_size=32):
+        snapshots.append({k: v.detach().clone() for k, v in model.encoder.state_dict().items()})
+        return {task.primary_metric: next(scripted)}, []
+
+    monkeypatch.setattr(trainer, "evaluate", scripted_dev)
+    result = train(model, task, items, items, TrainConfig(steps=10, eval_every=2, lr=0.05), progress=False)
+    assert result.history == list(zip(DEV_STEPS, DEV_SCORES)) and result.steps_done == 10
+    assert result.best_step == 6 and result.dev == {task.primary_metric: 0.875}
+    kept, best, last = model.encoder.state_dict(), snapshots[DEV_STEPS.index(6)], snapshots[-1]
+    assert all(torch.equal(kept[k], best[k]) for k in kept)  # the prompt as it was at step 6, bit for bit
+    assert not all(torch.equal(best[k], last[k]) for k in best)  # and it kept moving after step 6
+    if calibrate:
+        prior = predict(model, model.content_free, calibrated=False).softmax(-1).mean(0).log()
+        torch.testing.assert_close(model.log_prior, prior)
+
+
+def test_the_optimizer_holds_the_prompt_and_nothing_of_the_backbone(tiny_gpt2, toy_task_file, monkeypatch):
+    """The backbone is frozen: the optimizer is given the prompt's parameters only, so it keeps no state on the
+    backbone's."""
+    optimizers, real = [], torch.optim.AdamW
+
+    def spy(*args, **kwargs):
+        optimizers.append(real(*args, **kwargs))
+        return optimizers[-1]
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    task, feat, model = _build(toy_task_file, tiny_gpt2, "[P:2] {sentence} It was [MASK]", encoder="mlp")
+    items = feat.encode_all(task.load_split("train"))
+    train(model, task, items, items[:8], TrainConfig(steps=3, eval_every=3), progress=False)
+    (optimizer,) = optimizers
+    prompt = {id(p) for p in model.encoder.parameters()}
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert held == prompt and optimizer.state and {id(p) for p in optimizer.state} <= prompt
+    assert not held & {id(p) for p in tiny_gpt2.model.parameters()}
+
+
+def test_two_runs_of_one_seed_give_the_same_prompt(tiny_gpt2, toy_task_file):
+    """A seed reproduces a run: the starting vectors, the encoder's layers and the batch order all follow it, so two
+    runs of one seed give the same losses and the same prompt, bit for bit, whatever ran before them."""
+    runs = []
+    for _ in range(2):
+        torch.rand(1000)  # the global random state differs between the two runs
+        task, feat, model = _build(toy_task_file, tiny_gpt2, "[P:2] {sentence} It was [P:2] [MASK]", encoder="lstm",
+                                   seed=5)
+        items = feat.encode_all(task.load_split("train"))
+        result = train(model, task, items, items[:8], TrainConfig(steps=8, batch_size=4, eval_every=4, lr=0.05,
+                                                                  seed=5), progress=False)
+        runs.append((result.losses, model.encoder.state_dict()))
+    (losses, first), (again_losses, again) = runs
+    assert losses == again_losses and all(torch.equal(first[k], again[k]) for k in first)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import optuna
@@ -347,3 +348,21 @@ def test_a_search_prints_one_line_per_finished_trial_unless_quiet(toy_task_file,
     quiet = subprocess.run(cmd + ["--out", str(tmp_path / "b"), "--quiet"], capture_output=True, text=True,
                            timeout=600)
     assert quiet.returncode == 0 and "autoplace: trial" not in quiet.stderr
+
+
+def test_a_new_study_queues_the_references_first_then_exactly_n_trials(space_file, tmp_path):
+    """The process that creates a study enqueues the reference placements first, then fills the queue up to
+    --n-trials; a worker joining it (or the same command again) adds nothing, and a larger budget tops it up."""
+    from types import SimpleNamespace
+    from autoplace.search.storage import default_url
+    from autoplace.search.study import SearchConfig, open_study
+    cfg = SearchConfig(task="toy", space=str(space_file), out=str(tmp_path), storage=default_url(tmp_path),
+                       study_name="queue", model="tiny-gpt2", n_trials=6, progress=False)
+    objective = SimpleNamespace(space=load_space(space_file), backbone=SimpleNamespace(causal=True), task=None)
+    references = ["zero-shot", "start-only", "end-only", "mixed"]
+    trials = open_study(cfg, objective).get_trials()
+    assert [t.user_attrs.get("reference") for t in trials] == references + [None, None]
+    assert all(t.state == TrialState.WAITING for t in trials)
+    assert len(open_study(cfg, objective).get_trials()) == 6  # a second worker joins: the budget stays N
+    trials = open_study(dataclasses.replace(cfg, n_trials=9), objective).get_trials()
+    assert [t.user_attrs.get("reference") for t in trials] == references + [None] * 5
