@@ -269,3 +269,24 @@ def test_search_with_an_ensemble_exports_one_artifact_that_eval_predict_and_trai
                  "--out", str(tmp_path / "again")]) == 0
     again = json.loads((tmp_path / "again" / "template.json").read_text())
     assert again["ensemble"] is True and len(again["members"]) == 3 and again["started_from"] == str(out / "best")
+
+
+def test_with_one_screened_candidate_the_references_use_its_phrasing(words_space, toy_task_file):
+    """screen.keep 1 may keep the second phrasing: the placement references must then be written in its places."""
+    from autoplace.search.space import Words
+    space = load_space(words_space)
+    space.words = {"t1.v0.raw": Words("t1.v0.raw", 1, {"pos": " yes", "neg": " no"}, False)}
+    refs = dict(space.references(causal=True))
+    assert refs["zero-shot"] == {}  # no `words` parameter when there is nothing to choose
+    start = refs["start-only"]
+    assert "t1:n_slots" in start and not any(k.startswith("t0:") for k in start)
+    plan = space.plan_of(optuna.trial.create_trial(params=start, distributions=_distributions(space, start),
+                                                   value=0.5), causal=True)
+    assert plan.template == "[P:3] Review: {sentence}\nSentiment: [MASK]"  # total 4, clamped to the max length 3
+
+
+def _distributions(space, params):
+    """The distributions Optuna would record for these parameters (a FixedTrial replays them)."""
+    trial = optuna.trial.FixedTrial(params)
+    space.sample(trial, causal=True)
+    return trial.distributions

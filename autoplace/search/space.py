@@ -168,9 +168,9 @@ class SearchSpace:
     def references(self, causal: bool) -> list[tuple[str, dict]]:
         """(name, enqueued params): zero-shot with each screened set of words, then one placement per class, with
         the same total prompt length, on the best words."""
-        word_keys = list(self.words) if len(self.words) > 1 else [None]
+        word_keys = list(self.words) if len(self.words) > 1 else [None]  # one candidate: no `words` parameter
         out = [("zero-shot", {"words": key} if key else {}) for key in word_keys]
-        best = self.words[word_keys[0]] if word_keys[0] else None
+        best = next(iter(self.words.values()), None)  # the screen's best; its skeleton carries the placements
         t = best.template if best else 0
         skeleton = self.skeletons[t]
         by_class: dict[str, list[str]] = {}
