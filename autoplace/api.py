@@ -131,10 +131,10 @@ def _train_one(task, text: str, source_meta: dict | None, source_dir: str | None
         artifact.check_backbone(source_dir, source_meta, backbone.signature())
         init_state = artifact.load_weights(source_dir, source_meta)
     run = prepare(task, backbone, prompt, data_dir, init_state)
-    if not run.model.encoder.n_tokens:
+    result = fit(run, cfg)
+    if not run.model.encoder.n_tokens:  # said once the data has loaded, so bad input still gets its one line
         from .search.lifecycle import say
         say(f"template {prompt.template!r} has no [P] slot: nothing to train, it is scored zero-shot")
-    result = fit(run, cfg)
     test = run.evaluate("test")  # reported only; nothing is chosen on it
     meta = metadata(run, cfg, result, test, {"started_from": source_dir if init_state else None})
     export(out, run, meta)
