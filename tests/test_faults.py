@@ -132,11 +132,17 @@ def test_two_processes_join_one_postgres_study(postgres_url, toy_task_file, tmp_
         assert main(["export", "--storage", postgres_url, "--study-name", name, "--out", str(tmp_path / f"e{i}")]) == 0
 
 
+def _default_sigint():
+    """A shell's background job (nohup ... &) ignores SIGINT, and its children inherit that; a user's terminal
+    does not. The search must see Ctrl-C as a user's terminal sends it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_and_stop_mid_trial(cmd, url, name, env, stop):
     """Run a search, wait until a trial has finished and the next one is mid-way, then stop(proc); returns
     (proc, storage) once the process has exited."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
     storage, _ = wait_mid_trial(url, name, [proc])
     stop(proc)
     proc.wait(timeout=60)
