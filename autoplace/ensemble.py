@@ -68,12 +68,11 @@ def save(out_dir: str | Path, member_dirs: list[Path], meta: dict) -> Path:
 
 
 def member_dirs(path: str | Path, meta: dict) -> list[Path]:
-    """The member folders, each checked (format, checksum) before any model loads."""
+    """The member folders, each a readable artifact (its weights' checksum is checked where they are loaded)."""
     folders = []
     for name in meta.get("members") or []:
         folder = Path(path) / str(name)
-        member = artifact.read_meta(folder)
-        artifact.load_weights(folder, member)
+        artifact.read_meta(folder)
         folders.append(folder)
     if not folders:
         raise AutoplaceError(f"artifact {path}: an ensemble with no members")

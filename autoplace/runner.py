@@ -96,12 +96,13 @@ def load(path: str | Path, data_dir: str | None = None, model: str | None = None
     artifact's checksum before the slow backbone load."""
     meta = artifact.read_meta(path)
     folders = ensemble.member_dirs(path, meta) if ensemble.is_ensemble(meta) else [Path(path)]
-    weights = [artifact.load_weights(f, artifact.read_meta(f)) for f in folders]
+    metas = [artifact.read_meta(f) for f in folders]
+    weights = [artifact.load_weights(f, m) for f, m in zip(folders, metas)]
     task = get_task(meta.get("task_file") or meta["task"])
     backbone = load_backbone(model or meta["model"], device, trust_remote_code, precision)
     data_dir = (data_dir or os.environ.get(DATA_DIR_ENV) or meta.get("data_dir")
-                or artifact.read_meta(folders[0]).get("data_dir"))  # given, else the one it was trained on
-    runs = [rebuild(f, artifact.read_meta(f), w, task, backbone, data_dir) for f, w in zip(folders, weights)]
+                or metas[0].get("data_dir"))  # given, else the one it was trained on
+    runs = [rebuild(f, m, w, task, backbone, data_dir) for f, m, w in zip(folders, metas, weights)]
     return (ensemble.Ensemble(runs) if ensemble.is_ensemble(meta) else runs[0]), meta
 
 
