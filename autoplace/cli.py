@@ -72,7 +72,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     parser = _Parser(prog="autoplace", description="Search where soft-prompt tokens go in a frozen LM's input.")
+    parser.add_argument("--version", action="version", version=f"autoplace {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sub.add_parser("tasks", help="list tasks and their default templates")

@@ -20,7 +20,6 @@ from ..plan import Budget, Plan
 from ..template import Mask, TemplateError, parse, placement_class, unescape, validate
 
 MARKER = re.compile(r"<([A-Za-z][A-Za-z0-9_:\-]*)>")
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 FAMILY = {"rte": "nli", "nli": "nli", "cb": "cb", "boolq": "boolq", "mr": "sentiment", "sentiment": "sentiment"}
 REFERENCE_CLASSES = ("start-only", "middle-only", "end-only", "mixed")
 CALIBRATIONS = ("none", "content_free")
@@ -205,7 +204,13 @@ class SearchSpace:
 # -- loading ---------------------------------------------------------------------------------------------------
 def default_space_path(task_name: str) -> Path | None:
     """A built-in task's shipped space; None for any other task (its space is derived from its template)."""
-    return SPACES_DIR / f"{FAMILY[task_name]}.yaml" if task_name in FAMILY else None
+    return shipped_spaces() / f"{FAMILY[task_name]}.yaml" if task_name in FAMILY else None
+
+
+def shipped_spaces() -> Path:
+    """The built-in spaces: the checkout's search_spaces/, which the build maps into the package (a wheel has them)."""
+    from importlib.resources import files
+    return Path(str(files("autoplace.search_spaces")))
 
 
 def _range(spec: dict, key: str, kind, lo_key="min", hi_key="max", bounds=None) -> tuple:
