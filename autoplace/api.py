@@ -35,11 +35,14 @@ class Artifact:
     def predict(self, examples) -> list[dict]:
         """Labels (or tokens, cloze) with their probabilities, for a list of dicts or a datasets.Dataset."""
         task = self.run.task
+        needed = task.input_fields
         rows = []
         for n, example in enumerate(examples, 1):
-            if not isinstance(example, dict) or any(f not in example for f in task.fields):
-                raise AutoplaceError(f"example {n}: needs the fields {', '.join(task.fields)}")
-            rows.append({f: field_text(example[f], f"example {n}", f, task.coerce) for f in task.fields})
+            if not isinstance(example, dict) or any(f not in example for f in needed):
+                raise AutoplaceError(f"example {n}: needs the fields {', '.join(needed)}")
+            rows.append({f: field_text(example[f], f"example {n}", f, task.coerce) for f in needed})
+            if task.choices and not any(rows[-1][f].strip() for f in task.choices):
+                raise AutoplaceError(f"example {n}: no candidate (fields {', '.join(task.choices)} are empty)")
         if not rows:
             return []
         return [task.kind.describe(task, scores, self.run.backbone.tokenizer) for scores in self.run.scores(rows)]
@@ -196,8 +199,9 @@ def search(task: str, space: str | None = None, n_trials: int = 30, out: str | P
         Path(space).write_text(derived, encoding="utf-8")
     summary = run_search(cfg)
     study = optuna.load_study(storage=open_storage(cfg.storage), study_name=cfg.study_name)
+    # the winner in the precision its trials ran in (the artifact records it; "auto" would re-resolve it)
     return SearchResult(summary, study, load(summary["best"], cfg.data_dir, cfg.model, cfg.devices[0] if cfg.devices
-                                             else None, cfg.precision, cfg.trust_remote_code))
+                                             else None, None, cfg.trust_remote_code))
 
 
 def space_text(task, model: str = "smollm2-135m", data_dir: str | None = None) -> str:

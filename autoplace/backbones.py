@@ -133,6 +133,16 @@ def _quiet_transformers() -> None:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast beats fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: no way to tell cheaply, so assume not
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_precision(precision: str, device: str) -> str:
     """auto: bf16 on CUDA; on CPU fp32, since bf16 is only faster where the CPU has bf16 instructions."""
     if precision not in PRECISIONS:

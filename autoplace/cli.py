@@ -123,8 +123,13 @@ def cmd_tasks(args) -> None:
     for name in task_names():
         task = get_task(name)
         alias = f" (alias of {task.name})" if name in ALIASES else ""
-        print(f"{name}{alias}: {task.description}\n    template: {task.template}\n"
-              f"    labels: {json.dumps(task.verbalizer)}")
+        answers = (f"answers: one of the fields {', '.join(task.choices)}" if task.kind.needs_choices
+                   else f"labels: {json.dumps(task.verbalizer)}" if task.kind.needs_verbalizer else
+                   f"answers: the field {task.kind.answer_column(task)}")
+        scoring = "" if task.answer_scoring == "first_token" else f" (scored whole: {task.answer_scoring})"
+        print(f"{name}{alias}: {task.description}\n    template: {task.template}\n    {answers}{scoring}\n"
+              f"    metrics: {', '.join(task.metrics if task.kind.needs_verbalizer else task.kind.metrics)} "
+              f"(dev selects by {task.primary_metric})")
 
 
 def cmd_space(args) -> None:
@@ -170,7 +175,7 @@ def cmd_predict(args) -> None:
         outdir.check_file(args.output, args.overwrite)
     meta = artifact.read_meta(args.artifact)
     task = get_task(meta.get("task_file") or meta["task"])
-    numbered = _read_jsonl(args.input, task.fields, task.coerce)  # bad input fails before the model loads
+    numbered = _read_jsonl(args.input, task.input_fields, task.coerce)  # bad input fails before the model loads
     if not numbered:
         _write_output(args.output, "")
         print(f"autoplace: input {args.input} has no examples; the output is empty", file=sys.stderr)

@@ -27,7 +27,7 @@ class Ensemble:
     def __init__(self, members: list, trials: list = ()):
         if not members:
             raise AutoplaceError("an ensemble needs at least one member")
-        if not members[0].task.kind.needs_verbalizer:
+        if not members[0].task.kind.has_label_probs:
             raise AutoplaceError(f"ensembles average label probabilities; task {members[0].task.name} has no labels")
         self.members, self.trials = members, list(trials)  # trials: the study's trials they came from, if any
         self.task, self.backbone = members[0].task, members[0].backbone

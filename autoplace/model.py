@@ -2,7 +2,8 @@
 
 Lean scoring: the trunk runs once; only the hidden state at the answer position is read, and it is multiplied by the
 LM-head rows of the label words only (cloze: the full head at that one position). Full-vocabulary logits at every
-position would cost ~20% of a SmolLM2 step for nothing.
+position would cost ~20% of a SmolLM2 step for nothing. Whole-answer scoring (multi-token label words, choice
+candidates) needs the full head, for the log-softmax, but only at each candidate's own token positions.
 
 Prefix cache (causal LMs): the text before each example's first prompt slot does not depend on the prompt, so its
 key/values come from a cache shared by everything on the backbone (see prefix_cache.py) and only the rest of the
@@ -22,8 +23,9 @@ from .prefix_cache import first_slot, rest_of
 
 class PromptedModel(nn.Module):
     def __init__(self, backbone: Backbone, encoder: PromptEncoder, label_ids: list[int] | None,
-                 use_prefix_cache: bool = True):
+                 use_prefix_cache: bool = True, answer_scoring: str = "first_token"):
         super().__init__()
+        self.answer_scoring = answer_scoring  # whole answers: their tokens' log-probabilities, summed or averaged
         self.backbone = backbone           # a dataclass, not a submodule: state_dict() holds only the prompt
         self.encoder = encoder
         self.cloze = label_ids is None
@@ -46,21 +48,39 @@ class PromptedModel(nn.Module):
             placed = F.one_hot(slot_ids.clamp(min=0), prompts.shape[0]).to(prompts.dtype) @ prompts
         return torch.where(is_slot, placed, tokens)
 
-    def forward(self, input_ids, slot_ids, attention_mask, answer, **_) -> torch.Tensor:
-        """Scores: (batch, n_labels) for classification, (batch, vocab) for cloze."""
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    def forward(self, input_ids, slot_ids, attention_mask, answer, candidate_tokens=None, candidate_index=None,
+                **_) -> torch.Tensor:
+        """Scores: (batch, n_labels) for classification, (batch, vocab) for cloze, (batch, n_candidates) for
+        whole answers (-inf where an example has fewer candidates)."""
         cache = self.prefix_cache
         cut = first_slot(slot_ids) if cache is not None else None
         if cut is None or not cut.any():  # nothing before the first slot to reuse
             no_kv = {"use_cache": False} if self.backbone.causal else {}  # a causal trunk would keep a K/V copy
             hidden = self.backbone.trunk(inputs_embeds=self.embed(input_ids, slot_ids), attention_mask=attention_mask,
                                          **no_kv).last_hidden_state
-            return self.score(hidden[rows, answer])
-        past, past_mask = cache.past(self.backbone, input_ids, cut)  # no autograd, cached per example
-        positions, mask, ids, slots = rest_of(cut, attention_mask, input_ids, slot_ids)
-        hidden = self.backbone.trunk(inputs_embeds=self.embed(ids, slots), position_ids=positions, cache=past,
-                                     attention_mask=torch.cat([past_mask, mask], 1), use_cache=True).last_hidden_state
-        return self.score(hidden[rows, answer - cut])
+            start = answer
+        else:
+            past, past_mask = cache.past(self.backbone, input_ids, cut)  # no autograd, cached per example
+            positions, mask, ids, slots = rest_of(cut, attention_mask, input_ids, slot_ids)
+            hidden = self.backbone.trunk(inputs_embeds=self.embed(ids, slots), position_ids=positions, cache=past,
+                                         attention_mask=torch.cat([past_mask, mask], 1),
+                                         use_cache=True).last_hidden_state
+            start = answer - cut
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        if candidate_tokens is None:
+            return self.score(hidden[rows, start])
+        return self.score_answers(hidden, start, candidate_tokens, candidate_index)
+
+    def score_answers(self, hidden, start, tokens, index) -> torch.Tensor:
+        """Each row's answer log-probability (sum or mean over its tokens), gathered into (example, candidate)."""
+        at = (start[:, None] + torch.arange(tokens.shape[1], device=start.device)).clamp(max=hidden.shape[1] - 1)
+        logits = self.backbone.head(hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))).float()
+        real = tokens >= 0
+        per_token = (logits.gather(-1, tokens.clamp(min=0)[..., None]).squeeze(-1) - logits.logsumexp(-1)) * real
+        total = per_token.sum(1)
+        if self.answer_scoring == "mean":
+            total = total / real.sum(1)
+        return total[index.clamp(min=0)].masked_fill(index < 0, float("-inf"))
 
     @property
     def prefix_cache(self):

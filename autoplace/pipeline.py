@@ -55,7 +55,8 @@ def build(task: Task, backbone: Backbone, cfg: PromptConfig) -> tuple[Featurizer
     with torch.random.fork_rng(devices=[]):  # the encoder's layers depend on the seed, not on what ran before
         torch.manual_seed(cfg.seed)
         encoder = PromptEncoder(vectors, cfg.encoder if template.n_prompt_tokens else "none")
-    model = PromptedModel(backbone, encoder, task.kind.scored_rows(featurizer.label_ids)).to(backbone.device)
+    model = PromptedModel(backbone, encoder, task.kind.scored_rows(featurizer.label_ids),
+                          answer_scoring=task.answer_scoring).to(backbone.device)
     if cfg.calibrate:  # p_cf itself is computed once the prompt's weights are in place (runner.prepare)
         model.content_free = featurizer.encode_all(content_free_examples(task))
     return featurizer, model

@@ -29,7 +29,7 @@ from autoplace.backbones import PRECISIONS, load_backbone
 from autoplace.plan import Budget, Plan, configs
 from autoplace.runner import fit, prepare
 from autoplace.search.run import search
-from autoplace.search.space import default_space_path, load_space
+from autoplace.search.space import REFERENCE_CLASSES, default_space_path, load_space
 from autoplace.search.storage import default_url
 from autoplace.search.study import SearchConfig
 from autoplace.tasks import get_task
@@ -86,12 +86,19 @@ def plan_of(meta: dict) -> Plan:
                 verbalizer=prompt.get("verbalizer"), calibrate=prompt.get("calibrate", False))
 
 
+def fixed_placements(space, causal: bool) -> dict[str, Plan]:
+    """The space's reference placements (start / middle / end-only, mixed) on its default phrasing and words."""
+    default_words = dataclasses.replace(space, skeletons=space.skeletons[:1], verbalizers=None,
+                                        auto_verbalizers=False, calibrations=("none",))
+    ref = space.reference
+    return {cls: Plan(default_words.render({k.split(":", 1)[1]: v for k, v in lengths.items()
+                                            if k.startswith("length:")}), ref.encoder, ref.init, ref.lr)
+            for cls, lengths in default_words.references(causal) if cls in REFERENCE_CLASSES}
+
+
 def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int]) -> dict:
     task, data_dir, keep = task_for(name, budget)
     space = load_space(default_space_path(name))
-    default_words = dataclasses.replace(space, skeletons=space.skeletons[:1], verbalizers=None,
-                                        auto_verbalizers=False, calibrations=("none",))
-    refs = dict(default_words.references(backbone.causal))  # fixed placements keep the default phrasing
     ref = space.reference
     print(f"== {name}: search over words + places", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,10 +121,7 @@ def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int]) 
              "best screened words, zero-shot": Plan(top, "none", "vocab", ref.lr, verbalizer=screened["verbalizer"],
                                                     calibrate=screened["calibrate"]),
              "prefix (PEFT-style)": Plan(f"[P:{ref.total_length}] {space.manual_template}", "mlp", "random", ref.lr)}
-    for cls in ("start-only", "middle-only", "end-only", "mixed"):
-        if cls in refs:
-            plans[cls] = Plan(default_words.render({k.split(":", 1)[1]: v for k, v in refs[cls].items()
-                                                    if k.startswith("length:")}), ref.encoder, ref.init, ref.lr)
+    plans.update(fixed_placements(space, backbone.causal))
     plans["search over words + places"] = plan_of(best)
     rows = {}
     for row, plan in plans.items():

@@ -17,6 +17,31 @@ TOY_YAML = ('name: toy\ndata_files: {train: train.jsonl, dev: dev.jsonl, test: t
             'verbalizer: {pos: " yes", neg: " no"}\ntemplate: "{sentence} It was [MASK]"\n')
 CLOZE_YAML = ('name: toy\nkind: cloze\ndata_files: {train: train.jsonl, dev: dev.jsonl, test: test.jsonl}\n'
               'fields: [sentence]\ntarget_field: label\ntemplate: "{sentence} It was [MASK]"\n')
+CHOICE_YAML = ('name: pick\nkind: choice\ndata_files: {train: c.jsonl, dev: c.jsonl, test: c.jsonl}\n'
+               'fields: [premise]\nchoices: [a, b]\ntemplate: "{premise} So [MASK]"\n')
+CHOICE_ROW = {"premise": "It rained.", "a": "The street got wet.", "b": "The sun shone.", "label": 0}
+
+
+def _choice(tmp, rows, yaml=CHOICE_YAML, template="[P:2] {premise} So [MASK]", model="tiny-gpt2"):
+    """A choice task (candidate fields a, b) in tmp: one good example, then `rows`."""
+    (tmp / "pick.yaml").write_text(yaml)
+    write_jsonl(tmp / "c.jsonl", [CHOICE_ROW, *rows])
+    return ["train", "--task", str(tmp / "pick.yaml"), "--model", model, "--template", template, "--steps", "2",
+            "--out", str(tmp / "out")]
+
+
+def _multirc(tmp, line):
+    """The built-in multirc task on a FewGLUE-style folder whose train file holds `line`."""
+    folder = tmp / "MultiRC"
+    folder.mkdir()
+    good = (FEWGLUE / "MultiRC" / "dev32.jsonl").read_text()
+    (folder / "train.jsonl").write_text(json.dumps(line) + "\n")
+    (folder / "dev32.jsonl").write_text(good)
+    (folder / "val.jsonl").write_text(good)
+    return ["train", "--task", "multirc", "--model", "tiny-gpt2", "--data-dir", str(tmp), "--steps", "2",
+            "--max-length", "64", "--out", str(tmp / "out")]
+
+
 SPACE_YAML = ('skeleton: "<start> {sentence} <end> It was [MASK]"\n'
               'budget: {steps: 4, eval_every: 2, batch_size: 4, max_length: 32}\n')
 
@@ -247,6 +272,24 @@ CASES = {
                         "split dev, example 1: field 'sentence' is null"),
     "task coerce not a boolean": (lambda r, t: train(t, _task(r, t, toy_yaml=TOY_YAML + "coerce: sometimes\n")),
                                   "key 'coerce' must be true or false"),
+    # choice tasks, whole-answer scoring, nested FewGLUE files
+    "choice example without candidates": (lambda r, t: _choice(t, [{**CHOICE_ROW, "a": "", "b": " "}]),
+                                          "example 2: no candidate (fields a, b are empty)"),
+    "choice label out of range": (lambda r, t: _choice(t, [{**CHOICE_ROW, "label": 2}]),
+                                  "example 2: label 2 is not the index of one of its 2 candidates (0 to 1)"),
+    "choice candidate field missing": (lambda r, t: _choice(t, [], yaml=CHOICE_YAML.replace("[a, b]", "[a, c]")),
+                                       "field 'c' missing"),
+    "answer_scoring unknown": (lambda r, t: train(t, _task(r, t, toy_yaml=TOY_YAML + "answer_scoring: longest\n")),
+                               "key 'answer_scoring' must be one of first_token, full, mean, not 'longest'"),
+    "answer_scoring first_token on a choice task": (
+        lambda r, t: _choice(t, [], yaml=CHOICE_YAML + "answer_scoring: first_token\n"),
+        "answer_scoring 'first_token': a choice task takes full or mean"),
+    "masked LM cannot fit the answer's masks": (
+        lambda r, t: _choice(t, [{**CHOICE_ROW, "a": "rain " * 40}], template="{premise} So [MASK] [P:2]",
+                             model="tiny-bert") + ["--max-length", "24"],
+        "cannot be scored within max length 24: a masked LM needs one [MASK] per token"),
+    "multirc line without questions": (lambda r, t: _multirc(t, {"idx": 0, "passage": {"text": "x", "questions": []}}),
+                                       "train.jsonl, line 1: a MultiRC line needs passage.questions"),
     # an input line over 1 MB
     "predict line over 1 MB": (lambda r, t: _predict(r, t, json.dumps({"sentence": "a" * 1_000_000}) + "\n"),
                                "in.jsonl line 1: over 1 MB of text"),

@@ -11,6 +11,7 @@ Only train and dev are read; the held-out split is never touched here.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import time
@@ -21,6 +22,7 @@ import torch
 from ..calibration import apply, content_free_examples
 from ..prompt_encoders import PromptEncoder
 from ..featurize import Featurizer
+from ..tasks.kinds import Cloze
 from ..errors import AutoplaceError
 from ..model import PromptedModel
 from ..pipeline import parse_for
@@ -65,34 +67,73 @@ def screen(space: SearchSpace, task, backbone, data_dir: str | None) -> tuple[li
 
 def _screen_skeleton(space, t: int, template: str, task, backbone, train, dev) -> list[Row]:
     try:
-        featurizer = Featurizer(parse_for(task, backbone, template), task, backbone, space.budget.max_length)
+        parsed = parse_for(task, backbone, template)
     except TemplateError as exc:  # e.g. a phrasing whose [MASK] is not last, on a causal model
         return [Row(f"t{t}.*", template, {}, False, reason=str(exc))]
-    model = PromptedModel(backbone, PromptEncoder(backbone.embeddings.weight.new_zeros(0, backbone.hidden_size),
-                                                  "none"), None).to(backbone.device)  # no prompt, whole vocabulary
-    items = {"train": featurizer.encode_all(train), "dev": featurizer.encode_all(dev)}
-    logits = {name: predict(model, encoded) for name, encoded in items.items()}
-    labels = {name: torch.tensor([item.label for item in encoded]) for name, encoded in items.items()}
-    content_free = predict(model, featurizer.encode_all(content_free_examples(task)))
+    splits = {"train": train, "dev": dev, "content_free": content_free_examples(task)}
+    first = _FirstTokens(parsed, task, backbone, space, splits)  # also what auto words are read from
+    labels = first.labels
+    reader = _WholeAnswers(parsed, backbone, space, splits) if task.scores_whole_answers else first
     candidates = [(f"v{i}", words) for i, words in enumerate(space.verbalizers or [task.verbalizer])]
     if space.auto_verbalizers:
-        found = auto_verbalizers(logits["train"], labels["train"], task, featurizer, space.auto_k, space.auto_n)
+        found = auto_verbalizers(first.logits["train"], labels["train"], task, first.featurizer, space.auto_k,
+                                 space.auto_n)
         candidates += [(f"a{i}", words) for i, words in enumerate(found)]
     rows = []
     for name, words in candidates:
-        ids, reason = label_rows(featurizer, task.with_words(words))
+        worded = task.with_words(words) if task.kind.needs_verbalizer else task
+        scores, reason = reader.scores(worded)
         for calibration in space.calibrations:
             calibrate = calibration == "content_free"
-            row = Row(f"t{t}.{name}.{'cf' if calibrate else 'raw'}", template, task.with_words(words).verbalizer,
-                      calibrate, reason=reason)
+            row = Row(f"t{t}.{name}.{'cf' if calibrate else 'raw'}", template, worded.verbalizer, calibrate,
+                      reason=reason)
             if reason is None:
-                prior = content_free[:, ids].softmax(-1).mean(0).log() if calibrate else None
-                hits = {split: (apply(logits[split][:, ids], prior).argmax(-1) == labels[split]).float()
-                        for split in logits}
+                prior = scores["content_free"].softmax(-1).mean(0).log() if calibrate else None
+                hits = {split: (apply(scores[split], prior).argmax(-1) == labels[split]).float() for split in labels}
                 row.train, row.dev = (float(hits[s].mean()) for s in ("train", "dev"))
                 row.both = float(torch.cat(list(hits.values())).mean())
             rows.append(row)
     return rows
+
+
+def _bare_model(backbone, task, label_ids=None) -> PromptedModel:
+    """The backbone with no prompt: what a phrasing scores zero-shot."""
+    encoder = PromptEncoder(backbone.embeddings.weight.new_zeros(0, backbone.hidden_size), "none")
+    return PromptedModel(backbone, encoder, label_ids, answer_scoring=task.answer_scoring).to(backbone.device)
+
+
+class _FirstTokens:
+    """One forward per phrasing: the answer position's vocabulary logits, from which every set of words is read.
+    Whole-answer tasks run it too: for the answers' indices, and for automatic words (single tokens anyway)."""
+
+    def __init__(self, template, task, backbone, space, splits):
+        bare = dataclasses.replace(task, kind=Cloze(), answer_scoring="first_token", verbalizer={}) \
+            if task.scores_whole_answers else task  # the answer position's whole vocabulary, no candidates
+        self.featurizer = Featurizer(template, bare, backbone, space.budget.max_length)
+        model = _bare_model(backbone, bare)
+        self.logits = {name: predict(model, self.featurizer.encode_all(split)) for name, split in splits.items()}
+        self.labels = {name: torch.tensor([task.kind.encode_answer(task, ex, self.featurizer.first_token)[0]
+                                           for ex in split]) for name, split in splits.items() if name != "content_free"}
+
+    def scores(self, task) -> tuple[dict, str | None]:
+        ids, reason = label_rows(self.featurizer, task)
+        return ({name: logits[:, ids] for name, logits in self.logits.items()} if reason is None else {}), reason
+
+
+class _WholeAnswers:
+    """Whole-answer scoring: one forward per phrasing and set of words (each answer's tokens are read in place)."""
+
+    def __init__(self, template, backbone, space, splits):
+        self.template, self.backbone, self.splits, self.max_length = template, backbone, splits, space.budget.max_length
+
+    def scores(self, task) -> tuple[dict, str | None]:
+        try:
+            featurizer = Featurizer(self.template, task, self.backbone, self.max_length)
+            model = _bare_model(self.backbone, task)
+            return {name: predict(model, featurizer.encode_all(split)) for name, split in self.splits.items()
+                    if name != "content_free" or task.kind.needs_verbalizer}, None
+        except AutoplaceError as exc:  # e.g. two labels' words tokenize alike
+            return {}, str(exc)
 
 
 def label_rows(featurizer: Featurizer, task) -> tuple[list[int], str | None]:

@@ -20,7 +20,8 @@ from ..plan import Budget, Plan
 from ..template import Mask, TemplateError, parse, placement_class, unescape, validate
 
 MARKER = re.compile(r"<([A-Za-z][A-Za-z0-9_:\-]*)>")
-FAMILY = {"rte": "nli", "nli": "nli", "cb": "cb", "boolq": "boolq", "mr": "sentiment", "sentiment": "sentiment"}
+FAMILY = {"rte": "nli", "nli": "nli", "cb": "cb", "boolq": "boolq", "mr": "sentiment", "sentiment": "sentiment",
+          "copa": "copa", "wic": "wic", "wsc": "wsc", "multirc": "multirc"}
 REFERENCE_CLASSES = ("start-only", "middle-only", "end-only", "mixed")
 CALIBRATIONS = ("none", "content_free")
 
@@ -120,7 +121,7 @@ class SearchSpace:
         if (self.verbalizers or self.auto_verbalizers or "content_free" in self.calibrations) \
                 and not task.kind.needs_verbalizer:
             raise AutoplaceError(f"search space {self.path}: verbalizers and calibration need label words, and "
-                                 f"task {task.name} is a {task.kind.name} task (its answers are any token)")
+                                 f"task {task.name} is a {task.kind.name} task, without label words")
         for words in self.verbalizers or ():
             try:
                 task.with_words(words)

@@ -9,10 +9,11 @@ from typing import Protocol
 
 from ..errors import AutoplaceError
 from ..inputs import field_text, json_lines, read_text
-from .kinds import Classification, Cloze, kind_named, label_key
+from .kinds import Choice, Classification, Cloze, kind_named, label_key
 
 SPLITS = ("train", "dev", "test")
 METRICS = Classification.metrics  # what a task file may ask for; a cloze task reports p@1
+SCORINGS = ("first_token", "full", "mean")
 
 
 class DataSource(Protocol):
@@ -22,7 +23,7 @@ class DataSource(Protocol):
 @dataclass
 class Task:
     name: str
-    kind: Classification | Cloze   # given by name ("classification", "cloze"); see kinds.py
+    kind: Classification | Cloze | Choice  # given by name ("classification", "cloze", "choice"); see kinds.py
     fields: list[str]
     template: str                  # the default manual template
     source: "DataSource" = field(repr=False)
@@ -33,11 +34,20 @@ class Task:
     description: str = ""
     file: str | None = None  # the task YAML it came from (absolute), so an artifact can find it again
     coerce: bool = False     # field values that are not text (numbers, null...) become str(); else they are refused
+    answer_scoring: str | None = None  # first_token | full (summed log-prob of every token) | mean; None: the kind's
+    choices: list[str] = field(default_factory=list)  # choice: the fields holding each example's candidates
+    group_field: str | None = None     # em: the field grouping answer options into questions (MultiRC)
+    positive_label: str | None = None  # f1a: the label that marks a right answer option
     _splits: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # read once per task
 
     def __post_init__(self):
         if isinstance(self.kind, str):
             self.kind = kind_named(self.kind)
+        self.answer_scoring = self.answer_scoring or self.kind.scorings[0]
+        if self.answer_scoring not in self.kind.scorings:
+            known = f"use one of {', '.join(SCORINGS)}" if self.answer_scoring not in SCORINGS else \
+                f"a {self.kind.name} task takes {' or '.join(self.kind.scorings)}"
+            raise AutoplaceError(f"task {self.name}: answer_scoring {self.answer_scoring!r}: {known}")
 
     def load_split(self, split: str, data_dir: str | None = None):
         """One split as an HF Dataset, checked. Splits load on demand: the test split only when it is scored."""
@@ -59,6 +69,11 @@ class Task:
         return twin
 
     @property
+    def input_fields(self) -> list[str]:
+        """What an example to predict on must carry: the template's fields and a choice task's candidates."""
+        return list(dict.fromkeys([*self.fields, *self.choices]))
+
+    @property
     def labels(self) -> list[str]:
         return list(self.verbalizer)
 
@@ -71,7 +86,12 @@ class Task:
 
     @property
     def primary_metric(self) -> str:
-        return self.kind.primary_metric
+        """What dev selects by: the first metric the task lists, if its kind reports it."""
+        return self.metrics[0] if self.metrics and self.metrics[0] in self.kind.metrics else self.kind.primary_metric
+
+    @property
+    def scores_whole_answers(self) -> bool:
+        return self.answer_scoring != "first_token"
 
 
 def load_file(split: str, path: Path):
@@ -100,12 +120,13 @@ def load_file(split: str, path: Path):
 def check_examples(task: Task, split: str, ds):
     """Every field the task needs is present and text (or coerced to it), and every label is one the verbalizer
     knows. Returns the split, with values converted when the task says `coerce: true`."""
-    needed = list(task.fields) + [task.kind.answer_column(task)]
+    needed = list(dict.fromkeys([*task.input_fields, task.kind.answer_column(task),
+                                 *([task.group_field] if task.group_field else [])]))
     for name in needed:
         if name not in ds.column_names:
             raise AutoplaceError(f"task {task.name}, split {split}: field {name!r} missing "
                                  f"(columns: {', '.join(ds.column_names)})")
-    for name in task.fields:
+    for name in task.input_fields:
         values = list(ds[name])
         texts = [field_text(v, f"task {task.name}, split {split}, example {i + 1}", name, task.coerce)
                  for i, v in enumerate(values)]

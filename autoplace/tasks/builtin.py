@@ -1,9 +1,14 @@
-"""Built-in tasks: FewGLUE / SuperGLUE RTE, CB, BoolQ and MR sentiment, read from a folder or the hub."""
+"""Built-in tasks: the seven FewGLUE / SuperGLUE tasks and MR sentiment, read from a folder or the hub.
+
+FewGLUE's WSC and MultiRC files are nested (a WSC target holds its spans; a MultiRC passage holds questions, a
+question holds answer options); they are flattened into one example per answer option as they are read.
+"""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import AutoplaceError
 from .base import Task, load_file
@@ -18,6 +23,7 @@ class FolderSource:
     files: dict[str, tuple[str, ...]]  # split -> candidate file names
     hub: tuple[str, str | None]        # load_dataset(path, name) when there is no folder
     hub_columns: dict | None = None    # hub label ints -> our label strings
+    flatten: Callable | None = None    # a nested file (FewGLUE WSC, MultiRC) -> one row per example
 
     def find_folder(self, data_dir: str) -> Path:
         root = Path(data_dir)
@@ -34,7 +40,8 @@ class FolderSource:
             folder = self.find_folder(data_dir)
             for name in self.files[split]:
                 if os.path.isfile(folder / name):
-                    return load_file(split, folder / name)
+                    ds = load_file(split, folder / name)
+                    return self.flatten(ds, folder / name) if self.flatten else ds
             raise AutoplaceError(f"{folder}: no file for split {split!r} (expected {' or '.join(self.files[split])})")
         return self._from_hub(split)
 
@@ -55,16 +62,62 @@ class FolderSource:
         return ds
 
 
-def _superglue(folder: str, config: str) -> FolderSource:
+def _superglue(folder: str, config: str, hub_columns: dict | None = None, flatten=None) -> FolderSource:
     return FolderSource((folder,), {"train": ("train.jsonl",), "dev": ("dev32.jsonl", "dev.jsonl"),
                                     "test": ("val.jsonl", "test.jsonl")}, ("super_glue", config),
-                        {"label": _hub_label(config)})
+                        {"label": _hub_label(config), **(hub_columns or {})}, flatten)
 
 
 def _hub_label(config: str):
-    names = {"rte": ["entailment", "not_entailment"], "cb": ["entailment", "contradiction", "neutral"],
-             "boolq": ["false", "true"]}[config]
+    if config == "copa":
+        return lambda ex: ex["label"]  # the index of the right choice already
+    names = {"rte": ["entailment", "not_entailment"], "cb": ["entailment", "contradiction", "neutral"]}.get(
+        config, ["false", "true"])
     return lambda ex: names[ex["label"]]
+
+
+def _marked(text: str, index: int, pronoun: str) -> str:
+    """WSC's text with the pronoun at word `index` marked *thus* (as PET does), when the index points at it."""
+    words = text.split(" ")
+    if 0 <= index < len(words) and words[index].lower().startswith(pronoun.lower().split(" ")[0]):
+        words[index] = f"*{words[index]}*"
+    return " ".join(words)
+
+
+def _flatten_wsc(ds, path: Path):
+    def row(i: int, ex: dict) -> dict:
+        target = ex.get("target")
+        if not isinstance(target, dict) or not all(target.get(k) is not None for k in (
+                "span1_text", "span2_text", "span2_index")):
+            raise AutoplaceError(f"{path}, line {i + 1}: a WSC example needs target.span1_text, span2_text and "
+                                 "span2_index")
+        return {"text": _marked(str(ex.get("text", "")), int(target["span2_index"]), str(target["span2_text"])),
+                "noun": target["span1_text"], "pronoun": target["span2_text"], "label": ex.get("label")}
+    return _rows([row(i, ex) for i, ex in enumerate(ds)], path)
+
+
+def _flatten_multirc(ds, path: Path):
+    """One example per answer option; `question_id` groups the options of a question (for exact match)."""
+    rows = []
+    for i, ex in enumerate(ds):
+        passage = ex.get("passage") if isinstance(ex.get("passage"), dict) else {}
+        questions = passage.get("questions") or []
+        if not questions:
+            raise AutoplaceError(f"{path}, line {i + 1}: a MultiRC line needs passage.questions (it has none)")
+        for q, question in enumerate(questions):
+            for answer in question.get("answers") or []:
+                label = answer.get("label")
+                rows.append({"paragraph": passage.get("text"), "question": question.get("question"),
+                             "answer": answer.get("text"), "question_id": f"{ex.get('idx', i)}-{question.get('idx', q)}",
+                             "label": None if label is None else ["false", "true"][int(label)]})
+    return _rows(rows, path)
+
+
+def _rows(rows: list[dict], path: Path):
+    import datasets
+    if not rows:
+        raise AutoplaceError(f"{path}: no examples")
+    return datasets.Dataset.from_list(rows)
 
 
 def _fewglue(name: str, folder: str, fields: tuple[str, str], verbalizer: dict, description: str, **more) -> Task:
@@ -91,4 +144,35 @@ BUILTIN = {
         verbalizer={"negative": " terrible", "positive": " great"},
         description="Movie-review sentence sentiment (MR snippets)"),
 }
+BUILTIN.update({
+    "copa": Task(
+        name="copa", kind="choice", fields=["premise", "question", "choice1", "choice2"],
+        template="{premise} What was the {question}? [MASK]", choices=["choice1", "choice2"],
+        source=_superglue("COPA", "copa"), description="Choice of plausible alternatives, cause or effect "
+        "(FewGLUE COPA); each answer is scored whole"),
+    "wic": Task(
+        name="wic", kind="classification", fields=["sentence1", "sentence2", "word"],
+        template='{sentence1} {sentence2} Does "{word}" mean the same in both sentences? [MASK]',
+        source=_superglue("WiC", "wic"), verbalizer={"false": " No", "true": " Yes"},
+        description="Word in context: the same sense in two sentences? (FewGLUE WiC)"),
+    "wsc": Task(
+        name="wsc", kind="classification", fields=["text", "noun", "pronoun"],
+        template='{text} In the sentence above, does "{pronoun}" refer to {noun}? [MASK]',
+        source=_superglue("WSC", "wsc.fixed", {"noun": lambda ex: ex["span1_text"],
+                                               "pronoun": lambda ex: ex["span2_text"],
+                                               "text": lambda ex: _marked(ex["text"], ex["span2_index"],
+                                                                          ex["span2_text"])}, _flatten_wsc),
+        verbalizer={"false": " No", "true": " Yes"},
+        description="Winograd schema: does the marked pronoun refer to the noun? (FewGLUE WSC)"),
+    "multirc": Task(
+        name="multirc", kind="classification", fields=["paragraph", "question", "answer"],
+        template='{paragraph} Question: {question} Is it "{answer}"? [MASK]',
+        source=_superglue("MultiRC", "multirc", {"question_id": lambda ex: f"{ex['idx']['paragraph']}-"
+                                                                           f"{ex['idx']['question']}"},
+                          _flatten_multirc),
+        verbalizer={"false": " No", "true": " Yes"}, metrics=("f1a", "em", "acc"), group_field="question_id",
+        positive_label="true",
+        description="Multi-sentence reading comprehension: is each answer option right? (FewGLUE MultiRC; one "
+                    "example per option, F1a over options and exact match per question)"),
+})
 ALIASES = {"nli": "rte", "sentiment": "mr"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import AutoplaceError
 from ..inputs import read_yaml
-from .base import METRICS, SPLITS, Task, load_file
+from .base import METRICS, SCORINGS, SPLITS, Task, load_file
 from .kinds import KINDS
 
 
@@ -30,14 +30,15 @@ def load_task_file(path: str | Path) -> Task:
     if not isinstance(spec, dict):
         raise AutoplaceError(f"task file {path}: expected a mapping of keys")
     known = {"name", "kind", "data_files", "fields", "label_field", "verbalizer", "template", "target_field",
-             "description", "metrics", "coerce"}
+             "description", "metrics", "coerce", "choices", "answer_scoring", "group_field", "positive_label"}
     for key in spec:
         if key not in known:
             raise bad(key, f"is not a known key ({', '.join(sorted(known))})")
     kind = KINDS.get(spec.get("kind", "classification")) if isinstance(spec.get("kind", ""), str) else None
     if kind is None:
         raise bad("kind", f"must be {' or '.join(KINDS)}, not {spec['kind']!r}")
-    for key in ("name", "data_files", "fields", "template") + (("verbalizer",) if kind.needs_verbalizer else ()):
+    needs = ("verbalizer",) if kind.needs_verbalizer else ("choices",) if kind.needs_choices else ()
+    for key in ("name", "data_files", "fields", "template") + needs:
         if key not in spec:
             raise bad(key, "is required")
     files = spec["data_files"]
@@ -66,10 +67,24 @@ def load_task_file(path: str | Path) -> Task:
     metrics = spec.get("metrics", ["acc"])
     if not isinstance(metrics, list) or not metrics or not all(m in METRICS for m in metrics):
         raise bad("metrics", f"must be a list of {', '.join(METRICS)}")
+    choices = spec.get("choices", [])
+    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices) or (
+            kind.needs_choices and len(choices) < 2):
+        raise bad("choices", "must list the fields holding each example's candidate answers (two or more)")
+    scoring = spec.get("answer_scoring")
+    if scoring is not None and scoring not in SCORINGS:
+        raise bad("answer_scoring", f"must be one of {', '.join(SCORINGS)}, not {scoring!r}")
+    for key in ("group_field", "positive_label"):
+        if ("em" in metrics or "f1a" in metrics) and not isinstance(spec.get(key), str):
+            raise bad(key, "is required for the metrics f1a and em (the field grouping answer options into "
+                           "questions, and the label of a right option)")
+    if spec.get("positive_label") is not None and str(spec["positive_label"]) not in verbalizer:
+        raise bad("positive_label", f"must be one of the verbalizer's labels ({', '.join(verbalizer)})")
     return Task(
         name=str(spec["name"]), kind=kind, fields=fields, template=spec["template"],
         source=FileSource({s: (path.parent / f) for s, f in files.items()}),
         label_field=spec.get("label_field", "label"), verbalizer=verbalizer,
         target_field=spec.get("target_field", "target"),
         metrics=tuple(metrics), description=spec.get("description", f"custom task from {path}"),
-        file=str(path.resolve()), coerce=spec.get("coerce", False))
+        file=str(path.resolve()), coerce=spec.get("coerce", False), answer_scoring=scoring, choices=choices,
+        group_field=spec.get("group_field"), positive_label=spec.get("positive_label"))

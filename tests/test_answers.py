@@ -1,0 +1,158 @@
+"""Answers of more than one token, choice tasks, and the four FewGLUE tasks that need them (COPA, WiC, WSC, MultiRC).
+
+Whole-answer scores are checked against a brute-force computation: the full sequence run through the backbone, the
+full-vocabulary log-softmax at every position, the answer's tokens summed (or averaged).
+"""
+import json
+
+import datasets
+import pytest
+import torch
+
+from autoplace.cli import main
+from autoplace.featurize import NO_SLOT
+from autoplace.pipeline import PromptConfig, build
+from autoplace.tasks import get_task
+from autoplace.tasks.base import Task
+from autoplace.tasks.kinds import binary_f1, exact_match
+from autoplace.trainer import predict
+from conftest import write_jsonl
+
+WORDS = {"pos": " wonderful indeed", "neg": " not good at all"}  # several tokens each, sharing none first
+ROWS = [{"sentence": "the movie was good fun", "label": "pos"}, {"sentence": "bad", "label": "neg"},
+        {"sentence": "a long and rather dull evening at the pictures", "label": "neg"}]
+
+
+class Rows:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def load(self, split, data_dir):
+        return datasets.Dataset.from_list(self.rows)
+
+
+def brute_force(model, backbone, item, answer_tokens, mean=False):
+    """log p(answer | input) with nothing but the backbone's own forward over the whole sequence."""
+    ids, slots = list(item.input_ids), list(item.slot_ids)
+    if backbone.causal:  # the answer's tokens follow the answer position; the last is only predicted
+        ids[item.answer + 1:item.answer + 1] = answer_tokens[:-1]
+        slots[item.answer + 1:item.answer + 1] = [NO_SLOT] * (len(answer_tokens) - 1)
+    else:  # one [MASK] per token, in place of the one
+        ids[item.answer:item.answer + 1] = [backbone.tokenizer.mask_token_id] * len(answer_tokens)
+        slots[item.answer:item.answer + 1] = [NO_SLOT] * len(answer_tokens)
+    ids, slots = torch.tensor([ids]), torch.tensor([slots])
+    with torch.no_grad():
+        hidden = backbone.trunk(inputs_embeds=model.embed(ids, slots), attention_mask=torch.ones_like(ids))
+        log_probs = backbone.head(hidden.last_hidden_state)[0].float().log_softmax(-1)
+    total = sum(float(log_probs[item.answer + j, t]) for j, t in enumerate(answer_tokens))
+    return total / len(answer_tokens) if mean else total
+
+
+@pytest.mark.parametrize("scoring", ["full", "mean"])
+def test_whole_answer_scores_match_a_brute_force_computation(tiny, scoring):
+    task = Task("toy", "classification", ["sentence"], "{sentence} It was [MASK]", Rows(ROWS), verbalizer=WORDS,
+                answer_scoring=scoring)
+    template = "[P:2] {sentence} [P:2] It was [MASK]" + ("" if tiny.causal else " [P:1]")
+    featurizer, model = build(task, tiny, PromptConfig(template, encoder="mlp", init="random", seed=3))
+    items = featurizer.encode_all(task.load_split("train"))
+    scores = predict(model, items, batch_size=2)
+    words = [featurizer.tokens(w) for w in WORDS.values()]
+    assert all(len(w) > 1 for w in words)
+    expected = torch.tensor([[brute_force(model, tiny, it, w, scoring == "mean") for w in words] for it in items])
+    assert scores.shape == (len(ROWS), 2)
+    assert torch.allclose(scores, expected, atol=1e-4), (scores, expected)
+
+
+def test_cached_and_uncached_whole_answer_scores_agree(tiny_gpt2):
+    """The prefix cache (text before the first slot, shared by an example's candidate rows) changes nothing."""
+    task = Task("toy", "classification", ["sentence"], "{sentence} It was [MASK]", Rows(ROWS), verbalizer=WORDS,
+                answer_scoring="full")
+    featurizer, model = build(task, tiny_gpt2, PromptConfig("{sentence} [P:3] It was [MASK]", encoder="lstm"))
+    items = featurizer.encode_all(task.load_split("train"))
+    tiny_gpt2.prefix_cache.clear()
+    cached = predict(model, items)
+    assert tiny_gpt2.prefix_cache.store, "the cache was not used"
+    model.use_prefix_cache = False
+    assert torch.allclose(cached, predict(model, items), atol=1e-5)
+
+
+def test_a_choice_task_scores_each_examples_own_candidates(tiny_gpt2):
+    rows = [{"premise": "It rained.", "a": "The street got wet.", "b": "The sun shone.", "c": "Cats.", "label": 0},
+            {"premise": "He ran.", "a": "He was late.", "b": "He slept.", "c": "", "label": 1}]
+    task = Task("pick", "choice", ["premise"], "{premise} So [MASK]", Rows(rows), choices=["a", "b", "c"])
+    featurizer, model = build(task, tiny_gpt2, PromptConfig("[P:2] {premise} So [MASK]", encoder="mlp"))
+    items = featurizer.encode_all(task.load_split("train"))
+    assert [it.candidates[2] is None for it in items] == [False, True]  # the second has two candidates
+    scores = predict(model, items)
+    for it, row in zip(items, scores):
+        for k, candidate in enumerate(it.candidates):
+            expected = float("-inf") if candidate is None else brute_force(model, tiny_gpt2, it, candidate.tokens)
+            assert row[k] == pytest.approx(expected, abs=1e-4)
+    assert [it.label for it in items] == [0, 1]
+    probs = task.kind.describe(task, scores[1], tiny_gpt2.tokenizer)["scores"]
+    assert len(probs) == 2 and sum(probs) == pytest.approx(1, abs=1e-5)
+
+
+def test_multirc_f1a_and_em_match_a_hand_computation():
+    """Two questions: q1 has options (right, wrong, right), q2 has (wrong, right)."""
+    task = get_task("multirc")
+    true, false = task.labels.index("true"), task.labels.index("false")
+
+    class Item:
+        def __init__(self, label, group):
+            self.label, self.group = label, group
+    items = [Item(true, "q1"), Item(false, "q1"), Item(true, "q1"), Item(false, "q2"), Item(true, "q2")]
+    predicted = [true, true, true, false, true]  # q1: one false positive; q2: all right
+    # by hand: TP 3 (q1a, q1c, q2b), FP 1 (q1b), FN 0 -> precision 3/4, recall 1, F1 = 2*3/(2*3+1) = 6/7
+    scores = task.score(predicted, items)
+    assert scores["f1a"] == pytest.approx(6 / 7)
+    assert scores["em"] == pytest.approx(1 / 2)  # q2 exactly right, q1 not
+    assert scores["acc"] == pytest.approx(4 / 5)
+    assert task.primary_metric == "f1a"
+    assert binary_f1(torch.tensor([False]).numpy(), torch.tensor([True]).numpy()) == 0.0
+    assert exact_match(torch.tensor([True, True]).numpy(), ["a", "b"]) == 1.0
+
+
+def test_fewglue_nested_files_are_flattened_with_their_grouping(fewglue):
+    multirc = get_task("multirc").load_split("train", str(fewglue))
+    lines = [json.loads(line) for line in (fewglue / "MultiRC" / "train.jsonl").open()]
+    n_options = sum(len(q["answers"]) for line in lines for q in line["passage"]["questions"])
+    n_questions = sum(len(line["passage"]["questions"]) for line in lines)
+    assert len(multirc) == n_options and len(set(multirc["question_id"])) == n_questions
+    assert set(multirc["label"]) == {"true", "false"}
+    wsc = get_task("wsc").load_split("train", str(fewglue))
+    first = json.loads((fewglue / "WSC" / "train.jsonl").open().readline())
+    assert wsc[0]["noun"] == first["target"]["span1_text"] and wsc[0]["pronoun"] == first["target"]["span2_text"]
+    assert f"*{first['target']['span2_text']}*" in wsc[0]["text"]  # the pronoun is marked where the index says
+
+
+def test_a_custom_choice_task_trains_searches_and_predicts(tmp_path, capsys):
+    rows = [{"premise": f"Event {i}.", "a": "It went well." if i % 2 else "It went badly.",
+             "b": "It went badly." if i % 2 else "It went well.", "label": i % 2} for i in range(12)]
+    write_jsonl(tmp_path / "c.jsonl", rows)
+    (tmp_path / "pick.yaml").write_text(
+        "name: pick\nkind: choice\nanswer_scoring: mean\ndata_files: {train: c.jsonl, dev: c.jsonl, test: c.jsonl}\n"
+        "fields: [premise]\nchoices: [a, b]\ntemplate: \"{premise} So [MASK]\"\n")
+    assert main(["search", "--task", str(tmp_path / "pick.yaml"), "--model", "tiny-gpt2", "--n-trials", "3",
+                 "--steps", "2", "--max-length", "32", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary["test"]) == {"acc"}
+    meta = json.loads((tmp_path / "run" / "best" / "template.json").read_text())
+    assert meta["task"] == "pick"
+    write_jsonl(tmp_path / "in.jsonl", [{"premise": "Rain.", "a": "Wet.", "b": "Dry."}])
+    assert main(["predict", str(tmp_path / "run" / "best"), "--input", str(tmp_path / "in.jsonl"), "--output",
+                 str(tmp_path / "out.jsonl")]) == 0
+    line = json.loads((tmp_path / "out.jsonl").read_text())
+    assert line["prediction"] in (0, 1) and sum(line["scores"]) == pytest.approx(1, abs=1e-4)
+
+
+def test_the_screen_scores_whole_answers(tiny_gpt2, fewglue):
+    """COPA's phrasings are screened with both candidates scored whole; no words, no calibration to choose."""
+    from autoplace.search.screen import screen
+    from autoplace.search.space import default_space_path, load_space
+    space = load_space(default_space_path("copa"))
+    space.screen_examples = 8
+    kept, record = screen(space, get_task("copa"), tiny_gpt2, str(fewglue))
+    assert [r["key"] for r in record["rows"]] == [f"t{t}.v0.raw" for t in range(4)]
+    assert all(0 <= r["train"] <= 1 and r["reason"] is None for r in record["rows"])
+    assert len(kept) == 4
