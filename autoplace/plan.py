@@ -12,11 +12,13 @@ from .trainer import TrainConfig
 
 @dataclass(frozen=True)
 class Budget:
-    """Per trial: optimizer steps, dev evaluation every k steps (a pruning checkpoint), batch size, input tokens."""
+    """Per trial: optimizer steps, dev evaluation every k steps (a pruning checkpoint), batch size, input tokens,
+    and patience: stop once dev has not improved for that many evaluations (0: off)."""
     steps: int = 100
     eval_every: int = 10
     batch_size: int = 8
     max_length: int = 256
+    patience: int = 0
 
 
 @dataclass(frozen=True)
@@ -36,5 +38,5 @@ def configs(plan: Plan, budget: Budget, seed: int) -> tuple[PromptConfig, TrainC
                           init_words=list(plan.init_words), seed=seed, max_length=budget.max_length,
                           verbalizer=plan.verbalizer, calibrate=plan.calibrate)
     train = TrainConfig(steps=budget.steps, batch_size=budget.batch_size, lr=plan.lr,
-                        eval_every=min(budget.eval_every, budget.steps), seed=seed)
+                        eval_every=min(budget.eval_every, budget.steps), patience=budget.patience, seed=seed)
     return prompt, train

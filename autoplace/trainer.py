@@ -29,6 +29,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     eval_every: int = 10
     eval_batch_size: int = 32
+    patience: int = 0  # stop once dev has not improved for this many evaluations (0: never)
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -43,7 +44,8 @@ class TrainResult:
     train_seconds: float
     history: list = field(default_factory=list)  # (step, dev score)
     losses: list = field(default_factory=list)   # training loss per step
-    stopped_early: bool = False
+    stopped_early: bool = False    # the callback (a pruner) stopped it
+    out_of_patience: bool = False  # dev stopped improving: a finished run, trained for fewer steps
 
 
 class NonFiniteLoss(AutoplaceError):
@@ -72,7 +74,7 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
     steps = cfg.steps if params else 0
     scored_at = set(dev_steps(steps, cfg.eval_every))
-    best, history, losses, order, stopped = None, [], [], [], False
+    best, history, losses, order, stopped, stale = None, [], [], [], False, 0
     start = time.perf_counter()
     step = 0
     for step in tqdm(range(1, steps + 1), desc="train", disable=None if progress is None else not progress, leave=False):
@@ -88,10 +90,13 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
             dev = evaluate(model, task, dev_items, cfg.eval_batch_size)[0]
             score = dev[task.primary_metric]
             history.append((step, score))
-            if best is None or score > best[0]:
+            stale = 0 if best is None or score > best[0] else stale + 1
+            if stale == 0:
                 best = (score, step, dev, copy.deepcopy(model.encoder.state_dict()))
             if callback is not None and not callback(step, score):
                 stopped = True
+                break
+            if cfg.patience and stale >= cfg.patience:
                 break
     seconds = time.perf_counter() - start
     if best is None:  # nothing to train (no prompt slots): the template is scored as it is
@@ -101,7 +106,8 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
     elif best[3] is not None:
         model.encoder.load_state_dict(best[3])
         calibration.refresh(model)
-    return TrainResult(best[2], best[1], step if params else 0, seconds, history, losses, stopped)
+    patience_out = bool(cfg.patience) and stale >= cfg.patience and not stopped
+    return TrainResult(best[2], best[1], step if params else 0, seconds, history, losses, stopped, patience_out)
 
 
 def train_step(model: PromptedModel, batch: dict, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:

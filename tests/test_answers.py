@@ -156,3 +156,53 @@ def test_the_screen_scores_whole_answers(tiny_gpt2, fewglue):
     assert [r["key"] for r in record["rows"]] == [f"t{t}.v0.raw" for t in range(4)]
     assert all(0 <= r["train"] <= 1 and r["reason"] is None for r in record["rows"])
     assert len(kept) == 4
+
+
+# -- on the real backbone ------------------------------------------------------------------------------------------
+FOLDERS = {"copa": "COPA", "wic": "WiC", "wsc": "WSC", "multirc": "MultiRC"}
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from autoplace.backbones import load_backbone
+    return load_backbone("smollm2-135m", "cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FOLDERS))
+def test_train_and_eval_on_smollm2(name, smollm2, fewglue, tmp_path, capsys):
+    """Each new task trains and scores on the real backbone, on the first lines of each FewGLUE file (kept short: a
+    MultiRC line is a passage with all its questions and their options, a few dozen examples)."""
+    folder = tmp_path / FOLDERS[name]
+    folder.mkdir()
+    for file in ("train.jsonl", "dev32.jsonl", "val.jsonl"):
+        lines = (fewglue / FOLDERS[name] / file).read_text().splitlines(keepends=True)
+        (folder / file).write_text("".join(lines[:1 if name == "multirc" else 6]))
+    template = "[P:2] " + get_task(name).template
+    assert main(["train", "--task", name, "--model", "smollm2-135m", "--data-dir", str(tmp_path), "--template",
+                 template, "--steps", "3", "--eval-every", "3", "--batch-size", "4", "--max-length", "128",
+                 "--out", str(tmp_path / "art")]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["eval", str(tmp_path / "art"), "--split", "test"]) == 0
+    scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    metrics = {"multirc": {"f1a", "em", "acc"}}.get(name, {"acc"})
+    assert set(trained["test"]) == metrics and all(0 <= v <= 1 for v in trained["test"].values())
+    assert {k: scored[k] for k in metrics} == pytest.approx(trained["test"])  # eval re-scores what train reported
+
+
+@pytest.mark.slow
+def test_copa_search_on_smollm2_exports_what_predict_uses(smollm2, fewglue, tmp_path, capsys):
+    out = tmp_path / "copa"
+    assert main(["search", "--task", "copa", "--data-dir", str(fewglue), "--n-trials", "4", "--steps", "10",
+                 "--max-length", "96", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["done"] == "4 of 4" and 0 <= summary["test"]["acc"] <= 1
+    rows = [json.loads(line) for line in (fewglue / "COPA" / "val.jsonl").read_text().splitlines()[:4]]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    assert main(["predict", str(out / "best"), "--input", str(tmp_path / "in.jsonl"), "--output",
+                 str(tmp_path / "pred.jsonl")]) == 0
+    predictions = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in predictions] == [r["idx"] for r in rows]
+    assert all(p["prediction"] in (0, 1) and len(p["scores"]) == 2 for p in predictions)
+    meta = json.loads((out / "best" / "template.json").read_text())
+    assert meta["template"] == summary["template"] and meta["task"] == "copa"

@@ -292,3 +292,19 @@ def test_two_runs_of_one_seed_give_the_same_prompt(tiny_gpt2, toy_task_file):
         runs.append((result.losses, model.encoder.state_dict()))
     (losses, first), (again_losses, again) = runs
     assert losses == again_losses and all(torch.equal(first[k], again[k]) for k in first)
+
+
+@pytest.mark.parametrize("patience, stops_at", [(1, 8), (2, 10), (0, 12)])
+def test_patience_stops_once_dev_has_not_improved_for_that_many_evaluations(tiny_gpt2, toy_task_file, monkeypatch,
+                                                                           patience, stops_at):
+    """Scripted dev (0.5, 0.75, 0.875, 0.625, 0.5, 0.4): best at step 6, then no better. Patience p stops p
+    evaluations later, keeps the best prompt, and is not a pruned run; 0 trains every step."""
+    from autoplace import trainer
+    task, feat, model = _build(toy_task_file, tiny_gpt2, "[P:2] {sentence} It was [MASK]", encoder="mlp")
+    items = feat.encode_all(task.load_split("train"))
+    scripted = iter(DEV_SCORES + [0.4])
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: ({task.primary_metric: next(scripted)}, []))
+    result = train(model, task, items, items, TrainConfig(steps=12, eval_every=2, lr=0.05, patience=patience),
+                   progress=False)
+    assert result.steps_done == stops_at and result.best_step == 6 and result.dev[task.primary_metric] == 0.875
+    assert result.out_of_patience == (patience > 0) and not result.stopped_early

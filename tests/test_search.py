@@ -366,3 +366,28 @@ def test_a_new_study_queues_the_references_first_then_exactly_n_trials(space_fil
     assert len(open_study(cfg, objective).get_trials()) == 6  # a second worker joins: the budget stays N
     trials = open_study(dataclasses.replace(cfg, n_trials=9), objective).get_trials()
     assert [t.user_attrs.get("reference") for t in trials] == references + [None] * 5
+
+
+def test_patience_is_a_space_key_that_the_command_line_overrides_and_every_trial_trains_with(tmp_path, toy_task_file,
+                                                                                             capsys):
+    from autoplace.plan import Plan, configs
+    from autoplace.search.study import SearchConfig, effective_budget
+    space = tmp_path / "space.yaml"
+    space.write_text('skeleton: "<start> {sentence} It was [MASK]"\nencoder: [mlp]\n'
+                     "reference: {total_length: 4, lr: 0.05, encoder: mlp, init: vocab}\n"
+                     "budget: {steps: 6, eval_every: 2, batch_size: 4, max_length: 32, patience: 1}\n")
+    assert load_space(str(space)).budget.patience == 1
+    given = dict(task="x", space=str(space), out="o", storage="sqlite://", study_name="s")
+    assert effective_budget(SearchConfig(**given), load_space(str(space))).patience == 1
+    overridden = effective_budget(SearchConfig(**given, patience=2), load_space(str(space)))
+    assert overridden.patience == 2 and configs(Plan("{sentence} [MASK]"), overridden, 0)[1].patience == 2
+    assert main(["search", "--task", str(toy_task_file), "--space", str(space), "--model", "tiny-gpt2",
+                 "--n-trials", "2", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    study = optuna.load_study(storage=f"sqlite:///{tmp_path}/run/study.db", study_name="autoplace-toy")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    for trial in study.trials:  # the zero-shot reference trains nothing; the start-only one 6 steps or fewer
+        steps = trial.user_attrs["steps"]
+        assert steps in (0, 6) or trial.user_attrs["reason"] == (f"stopped at step {steps}: dev did not improve for 1 "
+                                                            "evaluations")
+    meta = json.loads((tmp_path / "run" / "best" / "template.json").read_text())
+    assert meta["train"]["patience"] == 1

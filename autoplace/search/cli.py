@@ -29,6 +29,9 @@ def add_commands(sub, common, positive, out_args) -> None:
     p.add_argument("--batch-size", type=positive(int), default=None)
     p.add_argument("--max-length", type=positive(int), default=None,
                    help="input tokens per example (overrides the space)")
+    p.add_argument("--patience", type=positive(int), default=None,
+                   help="stop a trial once dev has not improved for this many evaluations (default: the space's "
+                        "budget.patience, else off)")
     p.add_argument("--confirm-top", type=int, default=0, help="retrain the k best templates over several seeds")
     p.add_argument("--confirm-seeds", type=positive(int), default=3)
     p.add_argument("--select", choices=["dev", "cv"], default="dev",
@@ -75,7 +78,7 @@ def _study_args(p, out_args, out_help: str) -> None:
 
 
 SEARCH_OPTIONS = ("model", "data_dir", "timeout", "seed", "pruner", "workers", "steps", "eval_every", "batch_size",
-                  "max_length", "confirm_top", "confirm_seeds", "select", "folds", "ensemble", "artifacts",
+                  "max_length", "patience", "confirm_top", "confirm_seeds", "select", "folds", "ensemble", "artifacts",
                   "trust_remote_code", "precision", "storage_patience")
 
 

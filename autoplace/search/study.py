@@ -46,6 +46,7 @@ class SearchConfig:
     eval_every: int | None = None
     batch_size: int | None = None
     max_length: int | None = None
+    patience: int | None = None    # stop a trial once dev has not improved for this many evaluations
     confirm_top: int = 0
     confirm_seeds: int = 3
     ensemble: int = 0              # > 1: OUT/best averages the top-k templates (PET)
@@ -143,7 +144,7 @@ def words_of(study: optuna.Study) -> dict[str, Words]:
 
 def effective_budget(cfg: SearchConfig, space: SearchSpace) -> Budget:
     """The space's budget with the command line's overrides."""
-    given = {key: getattr(cfg, key) for key in ("steps", "eval_every", "batch_size", "max_length")
+    given = {key: getattr(cfg, key) for key in ("steps", "eval_every", "batch_size", "max_length", "patience")
              if getattr(cfg, key) is not None}
     budget = dataclasses.replace(space.budget, **given)
     return dataclasses.replace(budget, eval_every=min(budget.eval_every, budget.steps))

@@ -65,6 +65,9 @@ class Objective:
         if result.stopped_early:
             trial.set_user_attr("reason", f"pruned at step {result.steps_done}")
             raise optuna.TrialPruned()
+        if result.out_of_patience:
+            trial.set_user_attr("reason", f"stopped at step {result.steps_done}: dev did not improve for "
+                                          f"{train_cfg.patience} evaluations")
         meta = metadata(run, train_cfg, result, None,
                         {"study": self.cfg.study_name, "trial": trial.number})
         self._keep(trial, run, meta)
