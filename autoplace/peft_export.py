@@ -81,8 +81,12 @@ def export_peft(run: PromptRun, out_dir: str | Path) -> Path:
     info = {"template": run.featurizer.template.text, "task": run.task.name, "model": run.backbone.name,
             "encoder": run.model.encoder.encoder_type, "verbalizer": run.task.verbalizer,
             "label_ids": list(run.featurizer.label_ids), "num_virtual_tokens": n_tokens,
+            "answer_scoring": run.task.answer_scoring,
             "usage": "peft.PeftModel.from_pretrained(base_model, this_folder); feed autoplace's token ids without "
-                     "the slot positions, right-padded, and read the logits at the last real position"}
+                     "the slot positions, right-padded, and read the logits at the last real position"
+                     + ("" if run.task.answer_scoring == "first_token" else
+                        "; answers are scored whole: append each answer's tokens but its last and sum (or, for "
+                        "'mean', average) the log-probabilities of its tokens from the last input position on")}
 
     with staged(out_dir, "peft") as tmp:
         config.save_pretrained(str(tmp))

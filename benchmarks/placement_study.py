@@ -1,4 +1,4 @@
-"""The P-tuning paper's placement table, measured: frozen backbone, FewGLUE RTE / CB / BoolQ and MR sentiment.
+"""The P-tuning paper's placement table, measured: frozen backbone, the seven FewGLUE tasks and MR sentiment.
 
 Rows: zero-shot manual template; the best words of the zero-shot screen (phrasing × label words × calibration,
 scored on train and dev only), zero-shot; a PEFT-style prefix (prepended prompt, MLP encoder, random init as PEFT
@@ -40,13 +40,17 @@ BUDGETS = {
     # 500, MR 500 of val/test), MR train cut to 512 examples and its dev to 200, and a 10-trial search whose top 2
     # templates are judged by 3-fold cross-validation over train and dev.
     "small": {"steps": 40, "eval_every": 20, "batch_size": 8, "max_length": 96, "search_trials": 10,
-              "confirm_top": 2, "folds": 3, "boolq_test": 500, "mr_test": 500, "mr_train": 512, "mr_dev": 200},
+              "confirm_top": 2, "folds": 3, "boolq_test": 500, "mr_test": 500, "mr_train": 512, "mr_dev": 200,
+              "wic_test": None, "multirc_questions": 100},
     "smoke": {"steps": 2, "eval_every": 1, "batch_size": 4, "max_length": 64, "search_trials": 9, "confirm_top": 2,
-              "folds": 2, "boolq_test": 40, "mr_test": 40, "mr_train": 40, "mr_dev": 20},  # checks the script runs
+              "folds": 2, "boolq_test": 40, "mr_test": 40, "mr_train": 40, "mr_dev": 20, "wic_test": 40,
+              "multirc_questions": 5},  # checks the script runs
     "full": {"steps": 100, "eval_every": 10, "batch_size": 8, "max_length": 256, "search_trials": 40,
-             "confirm_top": 3, "folds": 4, "boolq_test": None, "mr_test": None, "mr_train": None, "mr_dev": None},
+             "confirm_top": 3, "folds": 4, "boolq_test": None, "mr_test": None, "mr_train": None, "mr_dev": None,
+             "wic_test": None, "multirc_questions": None},
 }
-FOLDERS = {"rte": "FewGLUE_32dev", "cb": "FewGLUE_32dev", "boolq": "FewGLUE_32dev", "mr": "MR_snippets"}
+TASKS = ["rte", "cb", "boolq", "copa", "wic", "wsc", "multirc", "mr"]  # the seven FewGLUE tasks and MR
+FOLDERS = {name: "MR_snippets" if name == "mr" else "FewGLUE_32dev" for name in TASKS}
 
 
 def fixed_subset(n_total: int, n: int | None, seed: int = 1234) -> list[int] | None:
@@ -65,6 +69,13 @@ def task_for(name: str, budget: dict):
         keep["test"] = fixed_subset(len(task.load_split("test", data_dir)), budget["mr_test"])
         keep["train"] = fixed_subset(len(task.load_split("train", data_dir)), budget["mr_train"])
         keep["dev"] = fixed_subset(len(task.load_split("dev", data_dir)), budget["mr_dev"])
+    if name == "wic":
+        keep["test"] = fixed_subset(len(task.load_split("test", data_dir)), budget["wic_test"])
+    if name == "multirc":  # whole questions (every option of each), so exact match stays exact
+        questions = task.load_split("test", data_dir)["question_id"]
+        chosen = set(fixed_subset(len(set(questions)), budget["multirc_questions"]) or [])
+        order = list(dict.fromkeys(questions))
+        keep["test"] = [i for i, q in enumerate(questions) if order.index(q) in chosen] if chosen else None
     keep = {k: v for k, v in keep.items() if v is not None}
     return (subset_task(task, keep) if keep else task), data_dir, keep
 
@@ -144,7 +155,9 @@ def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int]) 
 def markdown(results: list[dict], budget_name: str, seeds: list[int]) -> str:
     names = [r["task"] for r in results]
     rows = list(dict.fromkeys(row for r in results for row in r["rows"]))
-    lines = [f"Budget `{budget_name}`, seeds {seeds}; test accuracy mean ± std over seeds (dev mean in brackets).", "",
+    metrics = ", ".join(f"{r['task']} {r['metric']}" for r in results)
+    lines = [f"Budget `{budget_name}`, seeds {seeds}; test score mean ± std over seeds (dev mean in brackets), in "
+             f"each task's primary metric ({metrics}).", "",
              "| row | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
     for row in rows:
         cells = []
@@ -168,7 +181,9 @@ def merged(settings: dict, results: list[dict]) -> list[dict]:
     """This run's tasks, plus those of an earlier run with the same settings (a study run task by task)."""
     path = RESULTS / f"placement_study-{settings['budget']}-{device_tag()}.json"
     earlier = json.loads(path.read_text()) if path.is_file() else {}
-    if any(earlier.get(k) != v for k, v in settings.items()):
+    budget, before = settings["settings"], earlier.get("settings", {})
+    if any(earlier.get(k) != v for k, v in settings.items() if k != "settings") or \
+            any(budget[k] != before[k] for k in budget.keys() & before.keys()):  # keys added for new tasks are fine
         return results
     ran = {r["task"] for r in results}
     return [r for r in earlier["tasks"] if r["task"] not in ran] + results
@@ -178,7 +193,7 @@ def main() -> None:
     from common import COMMIT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", choices=list(BUDGETS), default="small")
-    parser.add_argument("--tasks", default="rte,cb,boolq,mr")
+    parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -198,8 +213,7 @@ def main() -> None:
     settings = {"budget": args.budget, "settings": budget, "seeds": seeds, "model": args.model,
                 "precision": backbone.precision}
     results = merged(settings, results)
-    order = ["rte", "cb", "boolq", "mr"]
-    results.sort(key=lambda r: order.index(r["task"]) if r["task"] in order else len(order))
+    results.sort(key=lambda r: TASKS.index(r["task"]) if r["task"] in TASKS else len(TASKS))
     table = markdown(results, args.budget, seeds)
     print(table)
     write_results(f"placement_study-{args.budget}", {**settings, "tasks": results},

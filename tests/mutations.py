@@ -39,10 +39,11 @@ class Mutation:
 
 
 MODEL, SEARCH, ARTIFACT, WORDS = "tests/test_model.py", "tests/test_search.py", "tests/test_artifact.py", "tests/test_words.py"
+ANSWERS = "tests/test_answers.py"
 
 MUTATIONS = [
     Mutation("dev-selects", "dev selects: the best-dev prompt is kept, not the last",
-             "autoplace/trainer.py", "if best is None or score > best[0]:", "if True:",
+             "autoplace/trainer.py", "stale = 0 if best is None or score > best[0] else stale + 1", "stale = 0",
              (f"{MODEL}::test_dev_selects_the_kept_prompt_when_dev_rises_then_falls",)),
     Mutation("test-read-by-a-trial", "test is read once, for the winner only",
              "autoplace/search/worker.py", '        trial.set_user_attr("dev", result.dev)\n',
@@ -96,7 +97,7 @@ MUTATIONS = [
              "autoplace/model.py", "head.weight[self.label_ids]", "head.weight[self.label_ids.flip(0)]",
              (f"{MODEL}::test_lean_scores_equal_full_model_logits_at_answer[tiny-gpt2]",)),
     Mutation("prefix-cache-answer-off-by-one", "the prefix cache equals the uncached path",
-             "autoplace/model.py", "hidden[rows, answer - cut]", "hidden[rows, answer - cut - 1]",
+             "autoplace/model.py", "            start = answer - cut\n", "            start = answer - cut - 1\n",
              ("-k", "test_cached_scores_and_prompt_gradients_equal_the_uncached_forward", "tests/test_prefix_cache.py")),
     Mutation("truncate-shortest-field", "truncation cuts the longest field first",
              "autoplace/featurize.py", "longest = max(fields, key=lambda i: len(texts[i]), default=None)",
@@ -111,6 +112,19 @@ MUTATIONS = [
     Mutation("label-word-last-token", "label words are scored by their first token",
              "autoplace/featurize.py", "        return ids[0]", "        return ids[-1]",
              (f"{MODEL}::test_multi_token_label_words_score_their_first_token",)),
+    Mutation("whole-answer-first-token-only", "answer_scoring full sums the log-probabilities of every token",
+             "autoplace/model.py", "        total = per_token.sum(1)\n", "        total = per_token[:, 0]\n",
+             (f"{ANSWERS}::test_whole_answer_scores_match_a_brute_force_computation[tiny-gpt2-full]",)),
+    Mutation("masked-lm-one-mask", "a masked LM scores an answer with one [MASK] per token",
+             "autoplace/featurize.py", "masks = [self.tokenizer.mask_token_id] * len(tokens)",
+             "masks = [self.tokenizer.mask_token_id]",
+             (f"{ANSWERS}::test_whole_answer_scores_match_a_brute_force_computation[tiny-bert-full]",)),
+    Mutation("em-any-option", "MultiRC exact match needs every option of a question right",
+             "autoplace/tasks/kinds.py", "by_group.get(group, True) and ok", "by_group.get(group, False) or ok",
+             (f"{ANSWERS}::test_multirc_f1a_and_em_match_a_hand_computation",)),
+    Mutation("patience-ignored", "patience stops a trial once dev stops improving",
+             "autoplace/trainer.py", "if cfg.patience and stale >= cfg.patience:", "if False:",
+             ("-k", "test_patience_stops_once_dev_has_not_improved", MODEL)),
     Mutation("password-shown", "passwords are redacted",
              "autoplace/search/storage.py", r'return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)', "return url",
              ("-k", "test_bad_storage_url_gives_one_line_without_password", SEARCH)),
