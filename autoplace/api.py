@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import outdir
 from .errors import AutoplaceError
-from .inputs import field_text, read_text
+from .inputs import read_text
 
 BACKBONE_OPTIONS = ("model", "device", "precision", "trust_remote_code")
 
@@ -34,15 +34,14 @@ class Artifact:
 
     def predict(self, examples) -> list[dict]:
         """Labels (or tokens, cloze) with their probabilities, for a list of dicts or a datasets.Dataset."""
+        from .tasks.base import input_row
         task = self.run.task
         needed = task.input_fields
         rows = []
         for n, example in enumerate(examples, 1):
             if not isinstance(example, dict) or any(f not in example for f in needed):
                 raise AutoplaceError(f"example {n}: needs the fields {', '.join(needed)}")
-            rows.append({f: field_text(example[f], f"example {n}", f, task.coerce) for f in needed})
-            if task.choices and not any(rows[-1][f].strip() for f in task.choices):
-                raise AutoplaceError(f"example {n}: no candidate (fields {', '.join(task.choices)} are empty)")
+            rows.append(input_row(task, example, f"example {n}"))
         if not rows:
             return []
         return [task.kind.describe(task, scores, self.run.backbone.tokenizer) for scores in self.run.scores(rows)]

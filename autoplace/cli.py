@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import outdir
 from .errors import AutoplaceError
-from .inputs import field_text, json_lines
+from .inputs import json_lines
 
 EXIT_USAGE = 2
 
@@ -175,7 +175,7 @@ def cmd_predict(args) -> None:
         outdir.check_file(args.output, args.overwrite)
     meta = artifact.read_meta(args.artifact)
     task = get_task(meta.get("task_file") or meta["task"])
-    numbered = _read_jsonl(args.input, task.input_fields, task.coerce)  # bad input fails before the model loads
+    numbered = _read_jsonl(args.input, task)  # bad input fails before the model loads
     if not numbered:
         _write_output(args.output, "")
         print(f"autoplace: input {args.input} has no examples; the output is empty", file=sys.stderr)
@@ -206,16 +206,17 @@ def _write_output(path: str | None, text: str) -> None:
             os.unlink(tmp)
 
 
-def _read_jsonl(path: str, fields: list[str], coerce: bool = False) -> list[tuple]:
+def _read_jsonl(path: str, task) -> list[tuple]:
     """(id, the input line's object, the example) per line: each line a JSON object with the task's fields as text
     (labels are ignored). The id is the line's own `id` or `idx` field, else its line number."""
+    from .tasks.base import input_row
     examples = []
     for n, row in json_lines(path, "input"):
-        missing = [f for f in fields if f not in row]
+        missing = [f for f in task.input_fields if f not in row]
         if missing:
             raise AutoplaceError(f"input {path} line {n}: field {missing[0]!r} missing")
         key = row.get("id", row.get("idx", n))
-        examples.append((key, row, {f: field_text(row[f], f"input {path} line {n}", f, coerce) for f in fields}))
+        examples.append((key, row, input_row(task, row, f"input {path} line {n}")))
     return examples
 
 

@@ -74,7 +74,7 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
     steps = cfg.steps if params else 0
     scored_at = set(dev_steps(steps, cfg.eval_every))
-    best, history, losses, order, stopped, stale = None, [], [], [], False, 0
+    best, history, losses, order, stopped, stale, out_of_patience = None, [], [], [], False, 0, False
     start = time.perf_counter()
     step = 0
     for step in tqdm(range(1, steps + 1), desc="train", disable=None if progress is None else not progress, leave=False):
@@ -96,7 +96,8 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
             if callback is not None and not callback(step, score):
                 stopped = True
                 break
-            if cfg.patience and stale >= cfg.patience:
+            if cfg.patience and stale >= cfg.patience and step < steps:
+                out_of_patience = True
                 break
     seconds = time.perf_counter() - start
     if best is None:  # nothing to train (no prompt slots): the template is scored as it is
@@ -106,8 +107,7 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
     elif best[3] is not None:
         model.encoder.load_state_dict(best[3])
         calibration.refresh(model)
-    patience_out = bool(cfg.patience) and stale >= cfg.patience and not stopped
-    return TrainResult(best[2], best[1], step if params else 0, seconds, history, losses, stopped, patience_out)
+    return TrainResult(best[2], best[1], step if params else 0, seconds, history, losses, stopped, out_of_patience)
 
 
 def train_step(model: PromptedModel, batch: dict, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:

@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 
 from common import DATA, write_results
+from placement_study import FOLDERS
 
 import autoplace.backbones as backbones
 import autoplace.calibration as calibration
@@ -39,7 +40,6 @@ from autoplace.search.storage import default_url
 from autoplace.search.study import SearchConfig
 from autoplace.tasks import get_task
 
-FOLDERS = {"rte": "FewGLUE_32dev", "cb": "FewGLUE_32dev", "boolq": "FewGLUE_32dev", "mr": "MR_snippets"}
 CONTEXTS = ("trial", "selection")  # where a phase happened, when not around them
 
 
@@ -47,6 +47,9 @@ class Clock:
     """Exclusive time per (phase, context): a phase's time less that of the phases nested in it."""
 
     def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
         self.seconds = defaultdict(float)
         self.stack: list[list] = []  # [phase, start, nested seconds]
         self.trials: list[float] = []
@@ -99,9 +102,8 @@ def instrument(clock: Clock) -> None:
     clock.wrap(run, "choose_winner", "selection")
 
 
-def measure(args) -> dict:
-    clock = Clock()
-    instrument(clock)
+def measure(args, clock: Clock) -> dict:
+    clock.reset()
     task = get_task(args.task)
     with tempfile.TemporaryDirectory() as out:
         cfg = SearchConfig(task=args.task, space=str(default_space_path(args.task)), out=out, storage=default_url(out),
@@ -154,9 +156,10 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=None, help="default: the space's budget")
     parser.add_argument("--name", default="search_cost", help="results file stem")
     args = parser.parse_args()
-    results = []
+    clock, results = Clock(), []
+    instrument(clock)  # once: each task's search runs through the same timed functions
     for name in args.task.split(","):
-        results.append(measure(argparse.Namespace(**{**vars(args), "task": name})))
+        results.append(measure(argparse.Namespace(**{**vars(args), "task": name}), clock))
         print(json.dumps(results[-1]), flush=True)
     table = markdown(results, args)
     print(table)

@@ -123,7 +123,7 @@ MUTATIONS = [
              "autoplace/tasks/kinds.py", "by_group.get(group, True) and ok", "by_group.get(group, False) or ok",
              (f"{ANSWERS}::test_multirc_f1a_and_em_match_a_hand_computation",)),
     Mutation("patience-ignored", "patience stops a trial once dev stops improving",
-             "autoplace/trainer.py", "if cfg.patience and stale >= cfg.patience:", "if False:",
+             "autoplace/trainer.py", "if cfg.patience and stale >= cfg.patience and step < steps:", "if False:",
              ("-k", "test_patience_stops_once_dev_has_not_improved", MODEL)),
     Mutation("password-shown", "passwords are redacted",
              "autoplace/search/storage.py", r'return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)', "return url",

@@ -3,6 +3,7 @@
 Whole-answer scores are checked against a brute-force computation: the full sequence run through the backbone, the
 full-vocabulary log-softmax at every position, the answer's tokens summed (or averaged).
 """
+import dataclasses
 import json
 
 import datasets
@@ -16,7 +17,7 @@ from autoplace.tasks import get_task
 from autoplace.tasks.base import Task
 from autoplace.tasks.kinds import binary_f1, exact_match
 from autoplace.trainer import predict
-from conftest import write_jsonl
+from conftest import REPO, write_jsonl
 
 WORDS = {"pos": " wonderful indeed", "neg": " not good at all"}  # several tokens each, sharing none first
 ROWS = [{"sentence": "the movie was good fun", "label": "pos"}, {"sentence": "bad", "label": "neg"},
@@ -90,7 +91,7 @@ def test_a_choice_task_scores_each_examples_own_candidates(tiny_gpt2):
             assert row[k] == pytest.approx(expected, abs=1e-4)
     assert [it.label for it in items] == [0, 1]
     probs = task.kind.describe(task, scores[1], tiny_gpt2.tokenizer)["scores"]
-    assert len(probs) == 2 and sum(probs) == pytest.approx(1, abs=1e-5)
+    assert len(probs) == 3 and probs[2] == 0 and sum(probs) == pytest.approx(1, abs=1e-5)  # indexed as the fields
 
 
 def test_multirc_f1a_and_em_match_a_hand_computation():
@@ -206,3 +207,30 @@ def test_copa_search_on_smollm2_exports_what_predict_uses(smollm2, fewglue, tmp_
     assert all(p["prediction"] in (0, 1) and len(p["scores"]) == 2 for p in predictions)
     meta = json.loads((out / "best" / "template.json").read_text())
     assert meta["template"] == summary["template"] and meta["task"] == "copa"
+
+
+def test_the_screen_ranks_multirc_by_f1a(tiny_gpt2, fewglue):
+    """MultiRC's options are mostly wrong, so accuracy would favour words that always say no; dev selects by F1a,
+    and so does the screen."""
+    from autoplace.search.screen import screen
+    from autoplace.search.space import default_space_path, load_space
+    space = load_space(default_space_path("multirc"))
+    space.screen_examples, space.budget = 12, dataclasses.replace(space.budget, max_length=64)
+    task = get_task("multirc")
+    kept, record = screen(space, task, tiny_gpt2, str(fewglue))
+    assert record["metric"] == "f1a" == task.primary_metric
+    scored = [r for r in record["rows"] if r["reason"] is None or r["key"] in record["kept"]]
+    assert [r["both"] for r in sorted(scored, key=lambda r: -r["both"])][:len(kept)] == \
+        [next(r["both"] for r in record["rows"] if r["key"] == key) for key in record["kept"]]
+
+
+def test_the_built_in_spaces_are_found_from_a_plain_checkout_too(monkeypatch):
+    """Installed (or editable), the spaces come from the package; a checkout on PYTHONPATH has them beside it."""
+    import importlib.resources
+    from autoplace.search import space
+    assert (space.shipped_spaces() / "copa.yaml").is_file()
+
+    def not_installed(name):
+        raise ModuleNotFoundError(name)
+    monkeypatch.setattr(importlib.resources, "files", not_installed)
+    assert space.shipped_spaces() == REPO / "search_spaces" and (space.shipped_spaces() / "nli.yaml").is_file()

@@ -279,6 +279,12 @@ CASES = {
                                   "example 2: label 2 is not the index of one of its 2 candidates (0 to 1)"),
     "choice candidate field missing": (lambda r, t: _choice(t, [], yaml=CHOICE_YAML.replace("[a, b]", "[a, c]")),
                                        "field 'c' missing"),
+    "choice task with a verbalizer": (lambda r, t: _choice(t, [], yaml=CHOICE_YAML + 'verbalizer: {a: " x"}\n'),
+                                      "key 'verbalizer' is not used by a choice task"),
+    "select not a metric of the task": (lambda r, t: train(t, _task(r, t, toy_yaml=TOY_YAML + "select: f1a\n")),
+                                        "key 'select' must be one of the task's metrics (acc), not 'f1a'"),
+    "em without a group field": (lambda r, t: train(t, _task(r, t, toy_yaml=TOY_YAML + "metrics: [em]\n")),
+                                 "key 'group_field' must name the field that groups answer options"),
     "answer_scoring unknown": (lambda r, t: train(t, _task(r, t, toy_yaml=TOY_YAML + "answer_scoring: longest\n")),
                                "key 'answer_scoring' must be one of first_token, full, mean, not 'longest'"),
     "answer_scoring first_token on a choice task": (
@@ -289,7 +295,9 @@ CASES = {
                              model="tiny-bert") + ["--max-length", "24"],
         "cannot be scored within max length 24: a masked LM needs one [MASK] per token"),
     "multirc line without questions": (lambda r, t: _multirc(t, {"idx": 0, "passage": {"text": "x", "questions": []}}),
-                                       "train.jsonl, line 1: a MultiRC line needs passage.questions"),
+                                       "train.jsonl, line 1: a MultiRC line needs passage.text and passage.questions"),
+    "multirc label not 0 or 1": (lambda r, t: _multirc(t, {"idx": 0, "passage": {"text": "x", "questions": [
+        {"question": "q?", "answers": [{"text": "a", "label": 7}]}]}}), "train.jsonl, line 1: a MultiRC line needs"),
     # an input line over 1 MB
     "predict line over 1 MB": (lambda r, t: _predict(r, t, json.dumps({"sentence": "a" * 1_000_000}) + "\n"),
                                "in.jsonl line 1: over 1 MB of text"),

@@ -4,6 +4,7 @@ AutoplaceError (one line at the CLI); no other exception escapes, and the CLI ne
 Documents are generated near valid ones (known keys, plausible shapes) as well as at random, so the checks behind
 the first key are reached too. Example counts are bounded so that the file runs in well under a minute.
 """
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -138,7 +139,7 @@ def test_predict_reader_accepts_or_refuses(text, coerce, tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_text(text, encoding="utf-8")
     try:
-        examples = _read_jsonl(str(path), ["sentence"], coerce)
+        examples = _read_jsonl(str(path), dataclasses.replace(get_task("mr"), fields=["sentence"], coerce=coerce))
     except AutoplaceError:
         event("refused")
         return

@@ -294,11 +294,12 @@ def test_two_runs_of_one_seed_give_the_same_prompt(tiny_gpt2, toy_task_file):
     assert losses == again_losses and all(torch.equal(first[k], again[k]) for k in first)
 
 
-@pytest.mark.parametrize("patience, stops_at", [(1, 8), (2, 10), (0, 12)])
+@pytest.mark.parametrize("patience, stops_at", [(1, 8), (2, 10), (3, 12), (0, 12)])
 def test_patience_stops_once_dev_has_not_improved_for_that_many_evaluations(tiny_gpt2, toy_task_file, monkeypatch,
                                                                            patience, stops_at):
     """Scripted dev (0.5, 0.75, 0.875, 0.625, 0.5, 0.4): best at step 6, then no better. Patience p stops p
-    evaluations later, keeps the best prompt, and is not a pruned run; 0 trains every step."""
+    evaluations later, keeps the best prompt, and is not a pruned run; 0 trains every step, and so does a patience
+    that runs out at the last step anyway (that run was not cut short)."""
     from autoplace import trainer
     task, feat, model = _build(toy_task_file, tiny_gpt2, "[P:2] {sentence} It was [MASK]", encoder="mlp")
     items = feat.encode_all(task.load_split("train"))
@@ -307,4 +308,4 @@ def test_patience_stops_once_dev_has_not_improved_for_that_many_evaluations(tiny
     result = train(model, task, items, items, TrainConfig(steps=12, eval_every=2, lr=0.05, patience=patience),
                    progress=False)
     assert result.steps_done == stops_at and result.best_step == 6 and result.dev[task.primary_metric] == 0.875
-    assert result.out_of_patience == (patience > 0) and not result.stopped_early
+    assert result.out_of_patience == (stops_at < 12) and not result.stopped_early

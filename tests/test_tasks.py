@@ -84,11 +84,11 @@ def test_values_that_are_not_text_are_refused_unless_the_task_coerces_them(toy_t
     with pytest.raises(AutoplaceError, match=r"split dev, example 1: field 'sentence' is a number, not text"):
         get_task(str(toy_task_file)).load_split("dev")
     with pytest.raises(AutoplaceError, match=r"dev.jsonl line 1: field 'sentence' is a number, not text"):
-        _read_jsonl(str(toy_task_file.parent / "dev.jsonl"), ["sentence"])
+        _read_jsonl(str(toy_task_file.parent / "dev.jsonl"), get_task(str(toy_task_file)))
     toy_task_file.write_text(toy_task_file.read_text() + "coerce: true\n")
     task = get_task(str(toy_task_file))
     assert task.coerce and list(task.load_split("dev")["sentence"]) == ["12", "None", "a"]
-    assert _read_jsonl(str(toy_task_file.parent / "dev.jsonl"), ["sentence"], coerce=True)[1][2] == {"sentence": "None"}
+    assert _read_jsonl(str(toy_task_file.parent / "dev.jsonl"), task)[1][2] == {"sentence": "None"}
 
 
 def test_cloze_task_scores_p_at_1_over_the_vocabulary(tiny_gpt2, tmp_path):

@@ -1,12 +1,19 @@
 """`autoplace search | export | report | dashboard`."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
 
 from .. import outdir
 from ..errors import AutoplaceError
+
+
+def _evaluations(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of evaluations (0 or more)")
+    return int(text)
 
 
 def add_commands(sub, common, positive, out_args) -> None:
@@ -29,9 +36,9 @@ def add_commands(sub, common, positive, out_args) -> None:
     p.add_argument("--batch-size", type=positive(int), default=None)
     p.add_argument("--max-length", type=positive(int), default=None,
                    help="input tokens per example (overrides the space)")
-    p.add_argument("--patience", type=positive(int), default=None,
-                   help="stop a trial once dev has not improved for this many evaluations (default: the space's "
-                        "budget.patience, else off)")
+    p.add_argument("--patience", type=_evaluations, metavar="P", default=None,
+                   help="stop a trial once dev has not improved for P evaluations; 0 turns it off (default: the "
+                        "space's budget.patience, else off)")
     p.add_argument("--confirm-top", type=int, default=0, help="retrain the k best templates over several seeds")
     p.add_argument("--confirm-seeds", type=positive(int), default=3)
     p.add_argument("--select", choices=["dev", "cv"], default="dev",

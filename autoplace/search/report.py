@@ -28,8 +28,9 @@ def screen_table(screen: dict | None) -> list[str]:
         return []
     lines = ["## Zero-shot screen", "",
              f"{len(screen['rows'])} candidates scored forward-only on {screen['examples']['train']} train and "
-             f"{screen['examples']['dev']} dev examples in {screen['seconds']} s; the kept ones are the study's "
-             "`words` choice.", "", "| candidate | template | label words | calibrated | train | dev | kept |",
+             f"{screen['examples']['dev']} dev examples in {screen['seconds']} s, by "
+             f"{screen.get('metric', 'acc')}; the kept ones are the study's `words` choice.", "",
+             "| candidate | template | label words | calibrated | train | dev | kept |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in sorted(screen["rows"], key=lambda r: -(r["both"] if r["both"] is not None else -1)):
         words = ", ".join(f"{label}:{word!r}" for label, word in row["verbalizer"].items())

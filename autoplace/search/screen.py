@@ -32,6 +32,14 @@ from .space import SearchSpace, Words
 
 
 @dataclass
+class Answer:
+    """What scoring a prediction needs of an example: its answer, and its question (MultiRC's exact match)."""
+    label: int
+    group: object = None
+    targets: list = ()  # cloze: every acceptable token
+
+
+@dataclass
 class Row:
     """One candidate as the report shows it: scores, or the reason it was dropped."""
     key: str
@@ -40,7 +48,7 @@ class Row:
     calibrate: bool
     train: float | None = None
     dev: float | None = None
-    both: float | None = None  # accuracy over train and dev together: what ranks the candidates
+    both: float | None = None  # the task's metric over train and dev together: what ranks the candidates
     reason: str | None = None
 
 
@@ -61,7 +69,7 @@ def screen(space: SearchSpace, task, backbone, data_dir: str | None) -> tuple[li
         row.reason = f"below the best {space.screen_keep} (keep {space.screen_keep})"
     words = [Words(r.key, int(r.key.split(".")[0][1:]), r.verbalizer, r.calibrate) for r in kept]
     record = {"seconds": round(time.perf_counter() - start, 2), "examples": {"train": len(train), "dev": len(dev)},
-              "kept": [w.key for w in words], "rows": [asdict(r) for r in rows]}
+              "metric": task.primary_metric, "kept": [w.key for w in words], "rows": [asdict(r) for r in rows]}
     return words, record
 
 
@@ -71,13 +79,16 @@ def _screen_skeleton(space, t: int, template: str, task, backbone, train, dev) -
     except TemplateError as exc:  # e.g. a phrasing whose [MASK] is not last, on a causal model
         return [Row(f"t{t}.*", template, {}, False, reason=str(exc))]
     splits = {"train": train, "dev": dev, "content_free": content_free_examples(task)}
-    first = _FirstTokens(parsed, task, backbone, space, splits)  # also what auto words are read from
-    labels = first.labels
+    first = None if task.scores_whole_answers and not space.auto_verbalizers else \
+        _FirstTokens(parsed, task, backbone, space, splits)  # the first tokens' scores; auto words come from them
+    token_of = first.featurizer.first_token if first else None  # cloze answers are token ids
+    answers = {"train": _answers(task, train, token_of), "dev": _answers(task, dev, token_of)}
+    answers["both"] = answers["train"] + answers["dev"]
     reader = _WholeAnswers(parsed, backbone, space, splits) if task.scores_whole_answers else first
     candidates = [(f"v{i}", words) for i, words in enumerate(space.verbalizers or [task.verbalizer])]
     if space.auto_verbalizers:
-        found = auto_verbalizers(first.logits["train"], labels["train"], task, first.featurizer, space.auto_k,
-                                 space.auto_n)
+        labels = torch.tensor([a.label for a in answers["train"]])
+        found = auto_verbalizers(first.logits["train"], labels, task, first.featurizer, space.auto_k, space.auto_n)
         candidates += [(f"a{i}", words) for i, words in enumerate(found)]
     rows = []
     for name, words in candidates:
@@ -89,11 +100,20 @@ def _screen_skeleton(space, t: int, template: str, task, backbone, train, dev) -
                       reason=reason)
             if reason is None:
                 prior = scores["content_free"].softmax(-1).mean(0).log() if calibrate else None
-                hits = {split: (apply(scores[split], prior).argmax(-1) == labels[split]).float() for split in labels}
-                row.train, row.dev = (float(hits[s].mean()) for s in ("train", "dev"))
-                row.both = float(torch.cat(list(hits.values())).mean())
+                predicted = {split: apply(scores[split], prior).argmax(-1).tolist() for split in ("train", "dev")}
+                predicted["both"] = predicted["train"] + predicted["dev"]
+                row.train, row.dev, row.both = (worded.score(predicted[s], answers[s])[task.primary_metric]
+                                                for s in ("train", "dev", "both"))
             rows.append(row)
     return rows
+
+
+def _answers(task, split, token_of) -> list[Answer]:
+    answers = []
+    for example in split:
+        label, targets = task.kind.encode_answer(task, example, token_of)
+        answers.append(Answer(label, example.get(task.group_field) if task.group_field else None, targets))
+    return answers
 
 
 def _bare_model(backbone, task, label_ids=None) -> PromptedModel:
@@ -112,10 +132,10 @@ class _FirstTokens:
         self.featurizer = Featurizer(template, bare, backbone, space.budget.max_length)
         model = _bare_model(backbone, bare)
         self.logits = {name: predict(model, self.featurizer.encode_all(split)) for name, split in splits.items()}
-        self.labels = {name: torch.tensor([task.kind.encode_answer(task, ex, self.featurizer.first_token)[0]
-                                           for ex in split]) for name, split in splits.items() if name != "content_free"}
 
     def scores(self, task) -> tuple[dict, str | None]:
+        if not task.kind.needs_verbalizer:  # cloze: the whole vocabulary is the answer set
+            return self.logits, None
         ids, reason = label_rows(self.featurizer, task)
         return ({name: logits[:, ids] for name, logits in self.logits.items()} if reason is None else {}), reason
 

@@ -211,7 +211,10 @@ def default_space_path(task_name: str) -> Path | None:
 def shipped_spaces() -> Path:
     """The built-in spaces: the checkout's search_spaces/, which the build maps into the package (a wheel has them)."""
     from importlib.resources import files
-    return Path(str(files("autoplace.search_spaces")))
+    try:
+        return Path(str(files("autoplace.search_spaces")))
+    except ModuleNotFoundError:  # a checkout on PYTHONPATH, not installed (the GPU check runs so)
+        return Path(__file__).resolve().parents[2] / "search_spaces"
 
 
 def _range(spec: dict, key: str, kind, lo_key="min", hi_key="max", bounds=None) -> tuple:
@@ -255,7 +258,7 @@ def _section(spec: dict, key: str, cls):
             values[sub] = want(raw)
         except (TypeError, ValueError):
             raise _bad(spec, f"{key}.{sub}", f"must be a {want.__name__} (got {raw!r})") from None
-        if want in (int, float) and values[sub] <= 0:
+        if want in (int, float) and values[sub] <= 0 and not (sub == "patience" and values[sub] == 0):
             raise _bad(spec, f"{key}.{sub}", f"must be positive (got {raw!r})")
     return cls(**values)
 

@@ -38,6 +38,7 @@ class Task:
     choices: list[str] = field(default_factory=list)  # choice: the fields holding each example's candidates
     group_field: str | None = None     # em: the field grouping answer options into questions (MultiRC)
     positive_label: str | None = None  # f1a: the label that marks a right answer option
+    select_metric: str | None = None   # what dev selects and prunes by; None: the kind's (accuracy, or p@1)
     _splits: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # read once per task
 
     def __post_init__(self):
@@ -86,8 +87,8 @@ class Task:
 
     @property
     def primary_metric(self) -> str:
-        """What dev selects by: the first metric the task lists, if its kind reports it."""
-        return self.metrics[0] if self.metrics and self.metrics[0] in self.kind.metrics else self.kind.primary_metric
+        """What dev selects and prunes by."""
+        return self.select_metric or self.kind.primary_metric
 
     @property
     def scores_whole_answers(self) -> bool:
@@ -117,6 +118,21 @@ def load_file(split: str, path: Path):
     return ds
 
 
+def text_of(task: Task, name: str, value, where: str) -> str:
+    """A field's value as text; a choice task's empty or null candidate means the example has fewer candidates."""
+    if value is None and name in task.choices:
+        return ""
+    return field_text(value, where, name, task.coerce)
+
+
+def input_row(task: Task, row: dict, where: str) -> dict:
+    """An example to predict on, as text (its fields present: the caller says which are missing, and where)."""
+    texts = {name: text_of(task, name, row[name], where) for name in task.input_fields}
+    if task.choices and not any(texts[name].strip() for name in task.choices):
+        raise AutoplaceError(f"{where}: no candidate (fields {', '.join(task.choices)} are empty)")
+    return texts
+
+
 def check_examples(task: Task, split: str, ds):
     """Every field the task needs is present and text (or coerced to it), and every label is one the verbalizer
     knows. Returns the split, with values converted when the task says `coerce: true`."""
@@ -128,7 +144,7 @@ def check_examples(task: Task, split: str, ds):
                                  f"(columns: {', '.join(ds.column_names)})")
     for name in task.input_fields:
         values = list(ds[name])
-        texts = [field_text(v, f"task {task.name}, split {split}, example {i + 1}", name, task.coerce)
+        texts = [text_of(task, name, v, f"task {task.name}, split {split}, example {i + 1}")
                  for i, v in enumerate(values)]
         if texts != values:
             ds = ds.remove_columns(name).add_column(name, texts)

@@ -85,36 +85,37 @@ def _marked(text: str, index: int, pronoun: str) -> str:
 
 
 def _flatten_wsc(ds, path: Path):
-    def row(i: int, ex: dict) -> dict:
-        target = ex.get("target")
-        if not isinstance(target, dict) or not all(target.get(k) is not None for k in (
-                "span1_text", "span2_text", "span2_index")):
-            raise AutoplaceError(f"{path}, line {i + 1}: a WSC example needs target.span1_text, span2_text and "
-                                 "span2_index")
+    def row(ex: dict) -> dict:
+        target = ex["target"]
         return {"text": _marked(str(ex.get("text", "")), int(target["span2_index"]), str(target["span2_text"])),
                 "noun": target["span1_text"], "pronoun": target["span2_text"], "label": ex.get("label")}
-    return _rows([row(i, ex) for i, ex in enumerate(ds)], path)
+    return _rows(ds, path, lambda ex: [row(ex)], "a WSC line needs text and target.span1_text, span2_text and "
+                                                 "span2_index")
 
 
 def _flatten_multirc(ds, path: Path):
     """One example per answer option; `question_id` groups the options of a question (for exact match)."""
+    def rows(ex: dict) -> list[dict]:
+        passage = ex["passage"]
+        if not passage["questions"]:
+            raise ValueError("no questions")
+        return [{"paragraph": passage["text"], "question": question["question"], "answer": answer["text"],
+                 "question_id": f"{ex.get('idx')}-{question.get('idx', q)}",
+                 "label": None if answer.get("label") is None else ("false", "true")[int(answer["label"])]}
+                for q, question in enumerate(passage["questions"]) for answer in question["answers"]]
+    return _rows(ds, path, rows, "a MultiRC line needs passage.text and passage.questions, each with its "
+                                 "question and answers (each a text and a label 0 or 1)")
+
+
+def _rows(ds, path: Path, flatten, needs: str):
+    """Every line flattened into rows; a line that does not fit gets one line naming it."""
+    import datasets
     rows = []
     for i, ex in enumerate(ds):
-        passage = ex.get("passage") if isinstance(ex.get("passage"), dict) else {}
-        questions = passage.get("questions") or []
-        if not questions:
-            raise AutoplaceError(f"{path}, line {i + 1}: a MultiRC line needs passage.questions (it has none)")
-        for q, question in enumerate(questions):
-            for answer in question.get("answers") or []:
-                label = answer.get("label")
-                rows.append({"paragraph": passage.get("text"), "question": question.get("question"),
-                             "answer": answer.get("text"), "question_id": f"{ex.get('idx', i)}-{question.get('idx', q)}",
-                             "label": None if label is None else ["false", "true"][int(label)]})
-    return _rows(rows, path)
-
-
-def _rows(rows: list[dict], path: Path):
-    import datasets
+        try:
+            rows += flatten(ex)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            raise AutoplaceError(f"{path}, line {i + 1}: {needs}") from None
     if not rows:
         raise AutoplaceError(f"{path}: no examples")
     return datasets.Dataset.from_list(rows)
@@ -171,7 +172,7 @@ BUILTIN.update({
                                                                            f"{ex['idx']['question']}"},
                           _flatten_multirc),
         verbalizer={"false": " No", "true": " Yes"}, metrics=("f1a", "em", "acc"), group_field="question_id",
-        positive_label="true",
+        positive_label="true", select_metric="f1a",
         description="Multi-sentence reading comprehension: is each answer option right? (FewGLUE MultiRC; one "
                     "example per option, F1a over options and exact match per question)"),
 })

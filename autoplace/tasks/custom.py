@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import AutoplaceError
 from ..inputs import read_yaml
-from .base import METRICS, SCORINGS, SPLITS, Task, load_file
+from .base import METRICS, SCORINGS, SPLITS, Task, label_key, load_file
 from .kinds import KINDS
 
 
@@ -30,7 +30,8 @@ def load_task_file(path: str | Path) -> Task:
     if not isinstance(spec, dict):
         raise AutoplaceError(f"task file {path}: expected a mapping of keys")
     known = {"name", "kind", "data_files", "fields", "label_field", "verbalizer", "template", "target_field",
-             "description", "metrics", "coerce", "choices", "answer_scoring", "group_field", "positive_label"}
+             "description", "metrics", "coerce", "choices", "answer_scoring", "group_field", "positive_label",
+             "select"}
     for key in spec:
         if key not in known:
             raise bad(key, f"is not a known key ({', '.join(sorted(known))})")
@@ -74,12 +75,21 @@ def load_task_file(path: str | Path) -> Task:
     scoring = spec.get("answer_scoring")
     if scoring is not None and scoring not in SCORINGS:
         raise bad("answer_scoring", f"must be one of {', '.join(SCORINGS)}, not {scoring!r}")
-    for key in ("group_field", "positive_label"):
-        if ("em" in metrics or "f1a" in metrics) and not isinstance(spec.get(key), str):
-            raise bad(key, "is required for the metrics f1a and em (the field grouping answer options into "
-                           "questions, and the label of a right option)")
-    if spec.get("positive_label") is not None and str(spec["positive_label"]) not in verbalizer:
-        raise bad("positive_label", f"must be one of the verbalizer's labels ({', '.join(verbalizer)})")
+    if "verbalizer" in spec and not kind.needs_verbalizer:
+        raise bad("verbalizer", f"is not used by a {kind.name} task (its answers are "
+                                f"{'the candidate fields in choices' if kind.needs_choices else 'any token'})")
+    grouped = "em" in metrics or "f1a" in metrics
+    if (grouped or "group_field" in spec) and not isinstance(spec.get("group_field"), str):
+        raise bad("group_field", "must name the field that groups answer options into questions (f1a and em "
+                                 "need it)")
+    positive = spec.get("positive_label")
+    positive = None if positive is None else label_key(positive)
+    if (grouped or positive is not None) and positive not in verbalizer:
+        raise bad("positive_label", f"must be the label of a right answer option, one of the verbalizer's "
+                                    f"({', '.join(verbalizer)}); f1a and em need it")
+    select = spec.get("select")
+    if select is not None and (select not in metrics or select not in kind.metrics):
+        raise bad("select", f"must be one of the task's metrics ({', '.join(metrics)}), not {select!r}")
     return Task(
         name=str(spec["name"]), kind=kind, fields=fields, template=spec["template"],
         source=FileSource({s: (path.parent / f) for s, f in files.items()}),
@@ -87,4 +97,4 @@ def load_task_file(path: str | Path) -> Task:
         target_field=spec.get("target_field", "target"),
         metrics=tuple(metrics), description=spec.get("description", f"custom task from {path}"),
         file=str(path.resolve()), coerce=spec.get("coerce", False), answer_scoring=scoring, choices=choices,
-        group_field=spec.get("group_field"), positive_label=spec.get("positive_label"))
+        group_field=spec.get("group_field"), positive_label=positive, select_metric=select)

@@ -4,7 +4,6 @@ cloze, choice among candidate texts), so a new kind is one class here plus its t
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..errors import AutoplaceError
 
@@ -122,11 +121,10 @@ class Choice:
             if not any(isinstance(t, str) and t.strip() for t in texts):
                 raise AutoplaceError(f"{where}: no candidate (fields {', '.join(task.choices)} are empty)")
             value = example[task.label_field]
-            if value is not None and not (isinstance(value, int) and not isinstance(value, bool)
-                                          and 0 <= value < len(texts)):
+            if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(texts)):
                 raise AutoplaceError(f"{where}: label {value!r} is not the index of one of its {len(texts)} "
                                      f"candidates (0 to {len(texts) - 1})")
-            if value is not None and not (isinstance(texts[value], str) and texts[value].strip()):
+            if not (isinstance(texts[value], str) and texts[value].strip()):
                 raise AutoplaceError(f"{where}: label {value} names the candidate field {task.choices[value]!r}, "
                                      "which is empty")
 
@@ -150,7 +148,7 @@ class Choice:
         return {"acc": float(np.mean(hits)) if hits else 0.0}
 
     def describe(self, task, scores, tokenizer) -> dict:
-        probs = scores[torch.isfinite(scores)].softmax(-1).tolist()
+        probs = scores.float().softmax(-1).tolist()  # a missing candidate (-inf) gets 0, so indices line up
         return {"prediction": int(scores.argmax()), "scores": [round(p, 6) for p in probs]}
 
 
