@@ -130,8 +130,13 @@ def main() -> None:
     parser.add_argument("--random-weights", action="store_true", help="random weights even where SmolLM2's are")
     parser.add_argument("--shrink", action="store_true", help="test only: random weights, one layer of width 64")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip throughput's memory pass")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="every step on the CPU, small: a shrunk random model, length 32, 3 trials of 2 steps")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
+    if args.dry_run:
+        args.__dict__.update(device="cpu", shrink=True, length=32, repeats=2, memory=False, n_trials=3, steps=2,
+                             max_length=48)
     args.random_weights |= args.shrink
     started = time.perf_counter()
     carried = Path(args.carry) / "data" / "FewGLUE_32dev"

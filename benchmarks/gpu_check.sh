@@ -5,7 +5,7 @@
 #
 #   here:           benchmarks/gpu_prepare.sh
 #   on the GPU:     bash benchmarks/gpu_check.sh                       (the device call carries .gpu_carry)
-#   tested on CPU:  tests/test_gpu_check.py runs it with --device cpu on a tiny model
+#   on the CPU:     bash benchmarks/gpu_check.sh --dry-run --out /tmp/x   (tests/test_gpu_check.py does)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARRY=${CARRY:-.gpu_carry}
