@@ -234,3 +234,12 @@ def test_the_built_in_spaces_are_found_from_a_plain_checkout_too(monkeypatch):
         raise ModuleNotFoundError(name)
     monkeypatch.setattr(importlib.resources, "files", not_installed)
     assert space.shipped_spaces() == REPO / "search_spaces" and (space.shipped_spaces() / "nli.yaml").is_file()
+
+
+def test_cross_validation_folds_keep_the_columns_scoring_needs(fewglue):
+    """MultiRC's folds keep question_id (exact match groups by it); a choice task's keep its candidates."""
+    from autoplace.search.select import fold_tasks
+    for name, needed in (("multirc", "question_id"), ("copa", "choice2")):
+        folds = fold_tasks(get_task(name), str(fewglue), 2, 0)
+        held = folds[0].load_split("dev", str(fewglue))
+        assert needed in held.column_names and len(held) > 0

@@ -35,7 +35,7 @@ class FoldSource:
 def fold_tasks(task, data_dir: str | None, k: int, seed: int) -> list:
     """k copies of the task: copy i trains on every fold but i, and its dev split is fold i."""
     import datasets
-    columns = list(task.fields) + [task.kind.answer_column(task)]
+    columns = task.columns
     parts = [task.load_split(split, data_dir).select_columns(columns) for split in ("train", "dev")]
     pooled = datasets.concatenate_datasets([p.cast(parts[0].features) for p in parts])
     if len(pooled) < k:

@@ -75,6 +75,12 @@ class Task:
         return list(dict.fromkeys([*self.fields, *self.choices]))
 
     @property
+    def columns(self) -> list[str]:
+        """Every column an example of a split carries: its input fields, its answer, and its group (MultiRC)."""
+        return list(dict.fromkeys([*self.input_fields, self.kind.answer_column(self),
+                                   *([self.group_field] if self.group_field else [])]))
+
+    @property
     def labels(self) -> list[str]:
         return list(self.verbalizer)
 
@@ -136,9 +142,7 @@ def input_row(task: Task, row: dict, where: str) -> dict:
 def check_examples(task: Task, split: str, ds):
     """Every field the task needs is present and text (or coerced to it), and every label is one the verbalizer
     knows. Returns the split, with values converted when the task says `coerce: true`."""
-    needed = list(dict.fromkeys([*task.input_fields, task.kind.answer_column(task),
-                                 *([task.group_field] if task.group_field else [])]))
-    for name in needed:
+    for name in task.columns:
         if name not in ds.column_names:
             raise AutoplaceError(f"task {task.name}, split {split}: field {name!r} missing "
                                  f"(columns: {', '.join(ds.column_names)})")
