@@ -5,6 +5,7 @@ full-vocabulary log-softmax at every position, the answer's tokens summed (or av
 """
 import dataclasses
 import json
+from collections import Counter
 
 import datasets
 import pytest
@@ -243,3 +244,22 @@ def test_cross_validation_folds_keep_the_columns_scoring_needs(fewglue):
         folds = fold_tasks(get_task(name), str(fewglue), 2, 0)
         held = folds[0].load_split("dev", str(fewglue))
         assert needed in held.column_names and len(held) > 0
+
+
+def test_multirc_folds_and_screen_subsets_keep_whole_questions(fewglue):
+    """Exact match needs every option of a question: folds and screen subsets split between questions, never
+    inside one, and a train and a dev question are never merged by a shared id."""
+    from autoplace.search.screen import _subset
+    from autoplace.search.select import fold_tasks
+    task = get_task("multirc")
+    pooled = {split: task.load_split(split, str(fewglue)) for split in ("train", "dev")}
+    sizes = {f"{split}/{q}": n for split, part in pooled.items()
+             for q, n in Counter(part["question_id"]).items()}
+    folds = fold_tasks(task, str(fewglue), 3, 0)
+    held = [Counter(fold.load_split("dev", str(fewglue))["question_id"]) for fold in folds]
+    assert sum(len(h) for h in held) == len(sizes)  # every question is held out exactly once
+    for h in held:
+        assert all(n == sizes[q] for q, n in h.items())  # and whole
+    subset = _subset(pooled["train"], 40, "question_id")
+    counts, full = Counter(subset["question_id"]), Counter(pooled["train"]["question_id"])
+    assert 0 < len(subset) <= 40 and all(n == full[q] for q, n in counts.items())

@@ -28,6 +28,7 @@ from ..model import PromptedModel
 from ..pipeline import parse_for
 from ..template import TemplateError
 from ..trainer import predict
+from .select import group_units
 from .space import SearchSpace, Words
 
 
@@ -55,8 +56,8 @@ class Row:
 def screen(space: SearchSpace, task, backbone, data_dir: str | None) -> tuple[list[Words], dict]:
     """(the kept candidates, best first; the screen's record for the study and its report)."""
     start = time.perf_counter()
-    train = _subset(task.load_split("train", data_dir), space.screen_examples)
-    dev = _subset(task.load_split("dev", data_dir), space.screen_examples)
+    train, dev = (_subset(task.load_split(split, data_dir), space.screen_examples, task.group_field)
+                  for split in ("train", "dev"))
     rows: list[Row] = []
     for t, skeleton in enumerate(space.skeletons):
         rows += _screen_skeleton(space, t, skeleton.manual_template, task, backbone, train, dev)
@@ -204,8 +205,15 @@ def whole_word_tokens(featurizer: Featurizer, size: int) -> torch.Tensor:
     return mask
 
 
-def _subset(split, n: int):
-    """At most n examples, a fixed seeded choice, so the screen's cost does not grow with a large train split."""
+def _subset(split, n: int, group_field: str | None = None):
+    """At most n examples, a fixed seeded choice, so the screen's cost does not grow with a large train split. A
+    grouped task (MultiRC) keeps whole questions, so exact match sees every option of a question it scores."""
     if len(split) <= n:
         return split
-    return split.select(sorted(random.Random(0).sample(range(len(split)), n)))
+    if not group_field:
+        return split.select(sorted(random.Random(0).sample(range(len(split)), n)))
+    units, rows = group_units(split, group_field), []
+    for unit in random.Random(0).sample(units, len(units)):
+        if len(rows) + len(unit) <= n:
+            rows += unit
+    return split.select(sorted(rows or units[0]))

@@ -33,19 +33,41 @@ class FoldSource:
 
 
 def fold_tasks(task, data_dir: str | None, k: int, seed: int) -> list:
-    """k copies of the task: copy i trains on every fold but i, and its dev split is fold i."""
+    """k copies of the task: copy i trains on every fold but i, and its dev split is fold i.
+
+    A grouped task (MultiRC) is split by question, never inside one, so every held-out question is whole for exact
+    match; its group ids are prefixed by split, so a train and a dev question that share an id stay apart."""
     import datasets
     columns = task.columns
-    parts = [task.load_split(split, data_dir).select_columns(columns) for split in ("train", "dev")]
+    parts = [_tagged_groups(task.load_split(split, data_dir).select_columns(columns), task.group_field, split)
+             for split in ("train", "dev")]
     pooled = datasets.concatenate_datasets([p.cast(parts[0].features) for p in parts])
-    if len(pooled) < k:
-        raise AutoplaceError(f"--select cv with {k} folds needs at least {k} examples in train and dev together; "
-                             f"task {task.name} has {len(pooled)}")
-    order = random.Random(seed).sample(range(len(pooled)), len(pooled))
-    folds = [order[i::k] for i in range(k)]
+    units = group_units(pooled, task.group_field)
+    if len(units) < k:
+        what = "questions" if task.group_field else "examples"
+        raise AutoplaceError(f"--select cv with {k} folds needs at least {k} {what} in train and dev together; "
+                             f"task {task.name} has {len(units)}")
+    order = random.Random(seed).sample(units, len(units))
+    folds = [[row for unit in order[i::k] for row in unit] for i in range(k)]
     return [dataclasses.replace(task, source=FoldSource(pooled, sorted(r for j, f in enumerate(folds) if j != i
                                                                        for r in f), sorted(folds[i])))
             for i in range(k)]
+
+
+def group_units(split, group_field: str | None) -> list[list[int]]:
+    """The rows that must stay together, in first-seen order: a question's options when grouped, else each row."""
+    if not group_field:
+        return [[row] for row in range(len(split))]
+    units: dict = {}
+    for row, group in enumerate(split[group_field]):
+        units.setdefault(group, []).append(row)
+    return list(units.values())
+
+
+def _tagged_groups(split, group_field: str | None, name: str):
+    if not group_field:
+        return split
+    return split.map(lambda ex: {group_field: f"{name}/{ex[group_field]}"})
 
 
 def bootstrap_interval(hits: list[bool], level: float = 0.9, resamples: int = 2000,
