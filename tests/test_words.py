@@ -290,3 +290,41 @@ def _distributions(space, params):
     trial = optuna.trial.FixedTrial(params)
     space.sample(trial, causal=True)
     return trial.distributions
+
+
+def test_a_cloze_space_with_several_phrasings_is_screened_over_the_whole_vocabulary(tiny_gpt2, tmp_path):
+    """A cloze task has no label words: each phrasing is scored by p@1 over the vocabulary. The targets are set to
+    the first phrasing's own top tokens where a word reads back as that token, so its p@1 is known by hand; the
+    second phrasing's must be what training's own evaluation gives for it unprompted."""
+    from autoplace.pipeline import build
+    countries = ["France", "Italy", "Spain", "Japan", "Peru", "Chile", "Egypt", "Kenya"]
+    first, second = "The capital of {input} is [MASK]", "{input} has its capital in [MASK]"
+    task_file = tmp_path / "lama.yaml"
+    task_file.write_text('name: capitals\nkind: cloze\ndata_files: {train: d.jsonl, dev: d.jsonl}\n'
+                         f'fields: [input]\ntarget_field: target\ntemplate: "{first}"\n')
+    write_jsonl(tmp_path / "d.jsonl", [{"input": c, "target": "Paris"} for c in countries])
+
+    def scored(template):
+        task = get_task(str(task_file))
+        featurizer, model = build(task, tiny_gpt2, PromptConfig(template, encoder="none", max_length=32))
+        items = featurizer.encode_all(task.load_split("train"))
+        return featurizer, predict(model, items).argmax(-1).tolist(), evaluate(model, task, items)[0]["p@1"]
+    featurizer, top, _ = scored(first)
+    words = [tiny_gpt2.tokenizer.decode([t]).strip() for t in top]
+    targets = [w if w and featurizer.tokens(" " + w)[:1] == [t] else "zzqx" for w, t in zip(words, top)]
+    hits = sum(t != "zzqx" for t in targets)
+    assert hits >= 3
+    write_jsonl(tmp_path / "d.jsonl", [{"input": c, "target": t} for c, t in zip(countries, targets)])
+    assert scored(first)[2] == hits / 8
+    (tmp_path / "space.yaml").write_text(
+        'templates:\n  - "<start> The capital of {input} is <before:answer> [MASK]"\n'
+        '  - "<start> {input} <after:input> has its capital in <before:answer> [MASK]"\n'
+        "slots: {min: 1, max: 1}\nlength: {min: 2, max: 2}\nencoder: [none]\nlr: {low: 1.0e-2, high: 5.0e-2}\n"
+        "budget: {steps: 2, eval_every: 1, batch_size: 4, max_length: 32}\n"
+        "reference: {total_length: 2, lr: 0.01, encoder: none, init: vocab}\n")
+    kept, record = screen(load_space(tmp_path / "space.yaml"), get_task(str(task_file)), tiny_gpt2, None)
+    rows = {row["key"]: row for row in record["rows"]}
+    assert set(rows) == {"t0.v0.raw", "t1.v0.raw"} and record["metric"] == "p@1"
+    assert rows["t0.v0.raw"]["train"] == rows["t0.v0.raw"]["dev"] == hits / 8
+    assert rows["t1.v0.raw"]["template"] == second and rows["t1.v0.raw"]["train"] == scored(second)[2] < hits / 8
+    assert [w.key for w in kept] == ["t0.v0.raw", "t1.v0.raw"]
