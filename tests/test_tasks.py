@@ -1,3 +1,5 @@
+from collections import Counter
+
 import pytest
 import torch
 
@@ -36,6 +38,28 @@ def test_no_data_dir_offline_names_data_dir(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(AutoplaceError, match="pass --data-dir"):
         get_task("cb").load_split("train", None)
+
+
+def test_hub_multirc_splits_train_and_dev_by_whole_question(monkeypatch):
+    """The hub has no dev split: 10% of train's questions are held out, each with all its answer options, so exact
+    match scores whole questions (the hub's rows are one option each). Other tasks keep a 10% split by row."""
+    import datasets
+    monkeypatch.delenv("AUTOPLACE_DATA_DIR", raising=False)
+    rows = [{"paragraph": f"p{p}", "question": f"q{q}", "answer": f"a{a}", "label": (p + q + a) % 2,
+             "idx": {"paragraph": p, "question": q, "answer": a}}
+            for p in range(20) for q in range(3) for a in range(4)]  # 60 questions of 4 options
+    hub = datasets.Dataset.from_list(rows)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, split: hub)
+    task = get_task("multirc")
+    train, dev = task.load_split("train", None), task.load_split("dev", None)
+    train_q, dev_q = Counter(train["question_id"]), Counter(dev["question_id"])
+    assert len(dev_q) == 6 and not set(train_q) & set(dev_q) and len(train) + len(dev) == 240
+    assert set(train_q.values()) == set(dev_q.values()) == {4}
+    assert set(dev["label"]) <= {"false", "true"} and len(task.load_split("test", None)) == 240
+    hub = datasets.Dataset.from_list([{"premise": f"p{i}", "hypothesis": "h", "label": i % 2, "idx": i}
+                                      for i in range(50)])
+    rte = get_task("rte")
+    assert (len(rte.load_split("train", None)), len(rte.load_split("dev", None))) == (45, 5)
 
 
 def test_custom_task_yaml_loads(toy_task_file):

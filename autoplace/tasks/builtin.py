@@ -6,6 +6,7 @@ question holds answer options); they are flattened into one example per answer o
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,6 +25,7 @@ class FolderSource:
     hub: tuple[str, str | None]        # load_dataset(path, name) when there is no folder
     hub_columns: dict | None = None    # hub label ints -> our label strings
     flatten: Callable | None = None    # a nested file (FewGLUE WSC, MultiRC) -> one row per example
+    hub_group: str | None = None       # hub rows sharing this column stay on one side of train/dev (a question)
 
     def find_folder(self, data_dir: str) -> Path:
         root = Path(data_dir)
@@ -46,26 +48,30 @@ class FolderSource:
         return self._from_hub(split)
 
     def _from_hub(self, split: str):
-        """Hub data: train minus a seeded 10% dev, the official validation as the held-out test split."""
+        """Hub data: train minus a seeded 10% dev (by whole question where rows are grouped), the official
+        validation as the held-out test split."""
         import datasets
         try:
-            if split == "test":
-                ds = datasets.load_dataset(*self.hub, split="validation")
-            else:
-                parts = datasets.load_dataset(*self.hub, split="train").train_test_split(test_size=0.1, seed=0)
-                ds = parts["train" if split == "train" else "test"]
+            ds = datasets.load_dataset(*self.hub, split="validation" if split == "test" else "train")
         except Exception as exc:  # offline: ConnectionError, OSError, DatasetNotFoundError...
             raise AutoplaceError(f"no data: pass --data-dir (or set {DATA_DIR_ENV}) to a folder with the task's "
                                  f"files; the Hugging Face hub is unreachable ({type(exc).__name__})") from None
         if self.hub_columns:
             ds = ds.map(lambda ex: {k: f(ex) for k, f in self.hub_columns.items()})
-        return ds
+        if split == "test":
+            return ds
+        if not self.hub_group:
+            return ds.train_test_split(test_size=0.1, seed=0)["train" if split == "train" else "test"]
+        groups = list(dict.fromkeys(ds[self.hub_group]))
+        held = set(random.Random(0).sample(groups, max(1, round(0.1 * len(groups)))))
+        return ds.filter(lambda ex: (ex[self.hub_group] in held) == (split == "dev"))
 
 
-def _superglue(folder: str, config: str, hub_columns: dict | None = None, flatten=None) -> FolderSource:
+def _superglue(folder: str, config: str, hub_columns: dict | None = None, flatten=None,
+               hub_group: str | None = None) -> FolderSource:
     return FolderSource((folder,), {"train": ("train.jsonl",), "dev": ("dev32.jsonl", "dev.jsonl"),
                                     "test": ("val.jsonl", "test.jsonl")}, ("super_glue", config),
-                        {"label": _hub_label(config), **(hub_columns or {})}, flatten)
+                        {"label": _hub_label(config), **(hub_columns or {})}, flatten, hub_group)
 
 
 def _hub_label(config: str):
@@ -170,7 +176,7 @@ BUILTIN.update({
         template='{paragraph} Question: {question} Is it "{answer}"? [MASK]',
         source=_superglue("MultiRC", "multirc", {"question_id": lambda ex: f"{ex['idx']['paragraph']}-"
                                                                            f"{ex['idx']['question']}"},
-                          _flatten_multirc),
+                          _flatten_multirc, hub_group="question_id"),
         verbalizer={"false": " No", "true": " Yes"}, metrics=("f1a", "em", "acc"), group_field="question_id",
         positive_label="true", select_metric="f1a",
         description="Multi-sentence reading comprehension: is each answer option right? (FewGLUE MultiRC; one "
