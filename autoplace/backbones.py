@@ -144,7 +144,8 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """auto: bf16 on CUDA; on CPU fp32, since bf16 is only faster where the CPU has bf16 instructions."""
+    """auto: bf16 on CUDA; fp32 on CPU, even with bf16 instructions: there bf16 is faster but moved scores more
+    than fp32's own seeds vary (benchmarks/results/precision-cpu.md)."""
     if precision not in PRECISIONS:
         raise AutoplaceError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if precision == "auto":
