@@ -40,7 +40,8 @@ def _common(p: argparse.ArgumentParser, model_default: str | None = "smollm2-135
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=precision_default,
                    help="the frozen forward's precision (auto: bf16 on CUDA, fp32 on CPU; bf16 is faster on CPUs "
-                        "with bf16 instructions, but its scores differ from fp32's)" + ("" if precision_default else "; default: the artifact's"))
+                        "with bf16 instructions, but its scores differ from fp32's)"
+                        + ("" if precision_default else "; default: the artifact's"))
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
 
 
