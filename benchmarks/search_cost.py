@@ -19,11 +19,12 @@ import argparse
 import contextlib
 import functools
 import json
+import sys
 import tempfile
 import time
 from collections import defaultdict
 
-from common import DATA, write_results
+from common import COMMIT, DATA, RESULTS, device_tag, write_results
 from placement_study import FOLDERS
 
 import autoplace.backbones as backbones
@@ -146,6 +147,18 @@ def markdown(results: list[dict], args) -> str:
     return "\n".join(lines)
 
 
+def merged(settings: dict, results: list[dict]) -> list[dict]:
+    """This run's tasks, plus those of an earlier run with the same settings (one task per sitting)."""
+    path = RESULTS / f"{settings['name']}-{device_tag()}.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    def but_task(given: dict) -> dict:
+        return {k: v for k, v in given.items() if k != "task"}
+    if but_task(earlier.get("settings", {})) != but_task(settings):
+        return results
+    ran = {r["task"] for r in results}
+    return [r for r in earlier.get("tasks", []) if r["task"] not in ran] + results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="rte", help="one task, or several comma-separated (rte,mr)")
@@ -158,12 +171,20 @@ def main() -> None:
     args = parser.parse_args()
     clock, results = Clock(), []
     instrument(clock)  # once: each task's search runs through the same timed functions
+    command = "python benchmarks/search_cost.py " + " ".join(sys.argv[1:])
     for name in args.task.split(","):
         results.append(measure(argparse.Namespace(**{**vars(args), "task": name}), clock))
+        results[-1].update(command=command, commit=COMMIT, date=time.strftime("%Y-%m-%d"))
         print(json.dumps(results[-1]), flush=True)
-    table = markdown(results, args)
+        record(args, results)  # after each task: a sitting cut short keeps what it measured
+
+
+def record(args, results: list[dict]) -> None:
+    everything = merged(vars(args), results)
+    table = markdown(everything, args)
     print(table)
-    write_results(args.name, {"settings": vars(args), "tasks": results}, table)
+    write_results(args.name, {"settings": vars(args), "tasks": everything}, table + "\n\n" + "\n".join(
+        f"- {r['task']}: `{r['command']}`, commit {r['commit']}, {r['date']}" for r in everything if "command" in r))
 
 
 if __name__ == "__main__":
