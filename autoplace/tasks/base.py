@@ -12,6 +12,7 @@ from ..inputs import field_text, json_lines, read_text
 from .kinds import Choice, Classification, Cloze, kind_named, label_key
 
 SPLITS = ("train", "dev", "test")
+DATA_DIR_ENV = "AUTOPLACE_DATA_DIR"  # where built-in tasks read their files when no --data-dir is given
 METRICS = Classification.metrics  # what a task file may ask for; a cloze task reports p@1
 SCORINGS = ("first_token", "full", "mean")
 
@@ -54,9 +55,10 @@ class Task:
         """One split as an HF Dataset, checked. Splits load on demand: the test split only when it is scored."""
         if split not in SPLITS:
             raise AutoplaceError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
-        if (split, data_dir) not in self._splits:
-            self._splits[split, data_dir] = check_examples(self, split, self.source.load(split, data_dir))
-        return self._splits[split, data_dir]
+        key = split, data_dir or os.environ.get(DATA_DIR_ENV)  # what is read, not how it was named
+        if key not in self._splits:
+            self._splits[key] = check_examples(self, split, self.source.load(split, data_dir))
+        return self._splits[key]
 
     def with_words(self, verbalizer: dict[str, str]) -> "Task":
         """The same task (sharing its loaded splits) read through other label words, in the task's label order."""

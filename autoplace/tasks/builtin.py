@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import AutoplaceError
-from .base import Task, load_file
-
-DATA_DIR_ENV = "AUTOPLACE_DATA_DIR"
+from .base import DATA_DIR_ENV, Task, load_file
 
 
 @dataclass
