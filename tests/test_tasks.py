@@ -24,10 +24,16 @@ def test_builtin_tasks_read_their_folders(name, folder, sizes, fewglue):
     assert set(task.label_of(ex) for ex in ds) == set(task.labels)
 
 
-def test_data_dir_may_be_the_data_root_or_the_env(monkeypatch, fewglue):
+def test_data_dir_may_be_the_data_root_or_the_env(monkeypatch, fewglue, tmp_path):
     assert len(get_task("cb").load_split("dev", str(SHARED_DATA))) == 32  # finds FewGLUE_32dev/CB
     monkeypatch.setenv("AUTOPLACE_DATA_DIR", str(fewglue))
     assert len(get_task("rte").load_split("dev")) == 32
+    other = tmp_path / "RTE"  # another folder named by the env var: its data, not the splits read before
+    other.mkdir()
+    for name in ("train.jsonl", "dev32.jsonl"):
+        write_jsonl(other / name, [{"premise": "p", "hypothesis": "h", "label": "entailment"}] * 3)
+    monkeypatch.setenv("AUTOPLACE_DATA_DIR", str(tmp_path))
+    assert len(get_task("rte").load_split("dev")) == 3
 
 
 def test_no_data_dir_offline_names_data_dir(monkeypatch):
@@ -50,7 +56,9 @@ def test_hub_multirc_splits_train_and_dev_by_whole_question(monkeypatch):
             for p in range(20) for q in range(3) for a in range(4)]  # 60 questions of 4 options
     hub = datasets.Dataset.from_list(rows)
     monkeypatch.setattr(datasets, "load_dataset", lambda *args, split: hub)
-    task = get_task("multirc")
+    task, rte = get_task("multirc"), get_task("rte")
+    for builtin in (task, rte):  # the fake hub's splits must not outlive this test
+        monkeypatch.setattr(builtin, "_splits", {})
     train, dev = task.load_split("train", None), task.load_split("dev", None)
     train_q, dev_q = Counter(train["question_id"]), Counter(dev["question_id"])
     assert len(dev_q) == 6 and not set(train_q) & set(dev_q) and len(train) + len(dev) == 240
@@ -58,7 +66,6 @@ def test_hub_multirc_splits_train_and_dev_by_whole_question(monkeypatch):
     assert set(dev["label"]) <= {"false", "true"} and len(task.load_split("test", None)) == 240
     hub = datasets.Dataset.from_list([{"premise": f"p{i}", "hypothesis": "h", "label": i % 2, "idx": i}
                                       for i in range(50)])
-    rte = get_task("rte")
     assert (len(rte.load_split("train", None)), len(rte.load_split("dev", None))) == (45, 5)
 
 
