@@ -13,12 +13,14 @@ from .trainer import TrainConfig
 @dataclass(frozen=True)
 class Budget:
     """Per trial: optimizer steps, dev evaluation every k steps (a pruning checkpoint), batch size, input tokens,
-    and patience: stop once dev has not improved for that many evaluations (0: off)."""
+    patience: stop once dev has not improved for that many evaluations (0: off), and eval_examples: how many dev
+    examples (a fixed choice) those evaluations score, the kept prompt being scored on all of dev (0: all)."""
     steps: int = 100
     eval_every: int = 10
     batch_size: int = 8
     max_length: int = 256
     patience: int = 0
+    eval_examples: int = 0
 
 
 @dataclass(frozen=True)
@@ -38,5 +40,6 @@ def configs(plan: Plan, budget: Budget, seed: int) -> tuple[PromptConfig, TrainC
                           init_words=list(plan.init_words), seed=seed, max_length=budget.max_length,
                           verbalizer=plan.verbalizer, calibrate=plan.calibrate)
     train = TrainConfig(steps=budget.steps, batch_size=budget.batch_size, lr=plan.lr,
-                        eval_every=min(budget.eval_every, budget.steps), patience=budget.patience, seed=seed)
+                        eval_every=min(budget.eval_every, budget.steps), patience=budget.patience,
+                        eval_examples=budget.eval_examples, seed=seed)
     return prompt, train

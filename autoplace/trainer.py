@@ -18,6 +18,7 @@ from .featurize import Encoded, collate
 from .errors import AutoplaceError
 from .model import PromptedModel
 from .tasks import Task
+from .tasks.base import fixed_rows
 
 
 @dataclass
@@ -30,6 +31,7 @@ class TrainConfig:
     eval_every: int = 10
     eval_batch_size: int = 32
     patience: int = 0  # stop once dev has not improved for this many evaluations (0: never)
+    eval_examples: int = 0  # dev examples scored at each evaluation (a fixed choice; 0: all); see train()
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -66,7 +68,11 @@ def autocast(backbone: Backbone):
 
 def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_items: list[Encoded], cfg: TrainConfig,
           callback: Optional[Callable[[int, float], bool]] = None, progress: bool | None = None) -> TrainResult:
-    """Train the prompt; keep the prompt of the best dev score (dev selects). callback(step, score) -> keep going?"""
+    """Train the prompt; keep the prompt of the best dev score (dev selects). callback(step, score) -> keep going?
+
+    With cfg.eval_examples, the evaluations during training (which checkpoint is kept, what a pruner sees) score a
+    fixed subset of dev, the same for every trial, and the kept prompt of a finished run is then scored once on all
+    of dev: a large dev split (MR's 994) stops costing more than the training it judges."""
     device, pad = model.backbone.device, model.backbone.tokenizer.pad_token_id
     params = [p for p in model.encoder.parameters() if p.requires_grad and p.numel()]
     torch.manual_seed(cfg.seed)
@@ -74,6 +80,8 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
     steps = cfg.steps if params else 0
     scored_at = set(dev_steps(steps, cfg.eval_every))
+    checkpoint_items = [dev_items[i] for i in fixed_rows(len(dev_items), cfg.eval_examples, _groups(dev_items))] \
+        if cfg.eval_examples else dev_items
     best, history, losses, order, stopped, stale, out_of_patience = None, [], [], [], False, 0, False
     start = time.perf_counter()
     step = 0
@@ -87,7 +95,7 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
             raise NonFiniteLoss(f"loss is {losses[-1]} at step {step}")
         if step in scored_at:
             calibration.refresh(model)  # the prompt moved, and so did its content-free bias
-            dev = evaluate(model, task, dev_items, cfg.eval_batch_size)[0]
+            dev = evaluate(model, task, checkpoint_items, cfg.eval_batch_size)[0]
             score = dev[task.primary_metric]
             history.append((step, score))
             stale = 0 if best is None or score > best[0] else stale + 1
@@ -101,13 +109,20 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
                 break
     seconds = time.perf_counter() - start
     if best is None:  # nothing to train (no prompt slots): the template is scored as it is
-        dev = evaluate(model, task, dev_items, cfg.eval_batch_size)[0]
+        dev = evaluate(model, task, checkpoint_items, cfg.eval_batch_size)[0]
         best = (dev[task.primary_metric], 0, dev, None)
         history.append((0, best[0]))
     elif best[3] is not None:
         model.encoder.load_state_dict(best[3])
         calibration.refresh(model)
-    return TrainResult(best[2], best[1], step if params else 0, seconds, history, losses, stopped, out_of_patience)
+    dev = best[2]
+    if len(checkpoint_items) < len(dev_items) and not stopped:
+        dev = evaluate(model, task, dev_items, cfg.eval_batch_size)[0]  # a finished prompt is judged on all of dev
+    return TrainResult(dev, best[1], step if params else 0, seconds, history, losses, stopped, out_of_patience)
+
+
+def _groups(items: list[Encoded]) -> list | None:
+    return [item.group for item in items] if any(item.group is not None for item in items) else None
 
 
 def train_step(model: PromptedModel, batch: dict, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:

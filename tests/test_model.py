@@ -309,3 +309,46 @@ def test_patience_stops_once_dev_has_not_improved_for_that_many_evaluations(tiny
                    progress=False)
     assert result.steps_done == stops_at and result.best_step == 6 and result.dev[task.primary_metric] == 0.875
     assert result.out_of_patience == (stops_at < 12) and not result.stopped_early
+
+
+def test_evaluations_during_training_score_a_fixed_dev_subset_and_the_kept_prompt_all_of_dev(tiny_gpt2, toy_task_file,
+                                                                                             monkeypatch):
+    """eval_examples=6: every evaluation during training scores the same 6 dev examples, whatever the run's seed;
+    the kept prompt of a finished run is then scored once on all of dev, and that is its dev score. A run that its
+    callback stopped (a pruned trial) is not scored again."""
+    from autoplace import trainer
+    real, scored = trainer.evaluate, []
+
+    def recording(model, task, items, batch_size=32):
+        scored.append([id(item) for item in items])
+        return real(model, task, items, batch_size)
+
+    monkeypatch.setattr(trainer, "evaluate", recording)
+    task, feat, model = _build(toy_task_file, tiny_gpt2, "[P:2] {sentence} It was [MASK]", encoder="mlp")
+    items, dev = (feat.encode_all(task.load_split(split)) for split in ("train", "dev"))
+    subsets = []
+    for seed in (0, 1):
+        scored.clear()
+        result = train(model, task, items, dev, TrainConfig(steps=6, eval_every=2, lr=0.05, eval_examples=6,
+                                                            seed=seed), progress=False)
+        assert [len(s) for s in scored] == [6, 6, 6, len(dev)] == [6, 6, 6, 16]
+        assert scored[0] == scored[1] == scored[2] and set(scored[0]) < {id(item) for item in dev}
+        assert result.dev == real(model, task, dev)[0]  # the kept prompt on all of dev
+        subsets.append(scored[0])
+    assert subsets[0] == subsets[1]
+    scored.clear()
+    stopped = train(model, task, items, dev, TrainConfig(steps=6, eval_every=2, eval_examples=6), progress=False,
+                    callback=lambda step, score: False)
+    assert stopped.stopped_early and [len(s) for s in scored] == [6]
+
+
+def test_a_fixed_row_choice_keeps_groups_whole_and_never_exceeds_n():
+    from autoplace.tasks.base import fixed_rows
+    groups = ["q1"] * 3 + ["q2"] * 2 + ["q3"] * 4 + ["q4"]
+    for n in range(1, 11):
+        rows = fixed_rows(len(groups), n, groups)
+        assert rows == sorted(rows) and rows == fixed_rows(len(groups), n, groups)  # in order, and the same each time
+        kept = {groups[r] for r in rows}
+        assert sorted(rows) == [r for r, g in enumerate(groups) if g in kept]  # each question wholly in or out
+        assert len(rows) <= n or len(kept) == 1  # a question larger than n is kept alone rather than none
+    assert len(fixed_rows(100, 10)) == 10 and fixed_rows(5, 10) == [0, 1, 2, 3, 4]

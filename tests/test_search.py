@@ -213,6 +213,7 @@ def test_the_winner_is_tested_on_the_backbone_and_precision_its_trials_ran_on(mo
     ('skeleton: "<a> {sentence} [MASK]"\nencoder: [gru]\n', "key 'encoder' must be a non-empty list"),
     ('skeleton: "<a> {sentence} [MASK]"\nbudget: {steps: -3}\n', "key 'budget.steps' must be positive"),
     ('skeleton: "<a> {sentence} [MASK]"\nbudget: {stepz: 3}\n', "key 'budget.stepz' is not a known key"),
+    ('skeleton: "<a> {sentence} [MASK]"\nbudget: {eval_examples: -1}\n', "key 'budget.eval_examples' must be positive"),
     ('skeleton: "<a> {sentence} [MASK]"\nslots: 3\n', "key 'slots' must be a mapping with min and max"),
     ('skeleton: "<a> {sentence [MASK]"\n', "key 'skeleton' is not a valid template"),
     ("skeleton: [unclosed\n", "not valid YAML"),
@@ -391,3 +392,28 @@ def test_patience_is_a_space_key_that_the_command_line_overrides_and_every_trial
                                                             "evaluations")
     meta = json.loads((tmp_path / "run" / "best" / "template.json").read_text())
     assert meta["train"]["patience"] == 1
+
+
+def test_eval_examples_is_a_space_key_that_the_command_line_overrides_and_trials_evaluate_with(tmp_path, toy_task_file):
+    """budget.eval_examples: each trial's evaluations during training score that many dev examples; the trial's value
+    is its kept prompt on all of dev. --eval-examples overrides the space, 0 meaning all of dev."""
+    from autoplace.plan import Plan, configs
+    from autoplace.search.study import SearchConfig, effective_budget
+    space = tmp_path / "space.yaml"
+    space.write_text('skeleton: "<start> {sentence} It was [MASK]"\nencoder: [mlp]\n'
+                     "reference: {total_length: 4, lr: 0.05, encoder: mlp, init: vocab}\n"
+                     "budget: {steps: 4, eval_every: 2, batch_size: 4, max_length: 32, eval_examples: 5}\n")
+    given = dict(task="x", space=str(space), out="o", storage="sqlite://", study_name="s")
+    assert effective_budget(SearchConfig(**given), load_space(str(space))).eval_examples == 5
+    overridden = effective_budget(SearchConfig(**given, eval_examples=0), load_space(str(space)))
+    assert overridden.eval_examples == 0 and configs(Plan("{sentence} [MASK]"), overridden, 0)[1].eval_examples == 0
+    assert main(["search", "--task", str(toy_task_file), "--space", str(space), "--model", "tiny-gpt2",
+                 "--n-trials", "2", "--eval-examples", "3", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    study = optuna.load_study(storage=f"sqlite:///{tmp_path}/run/study.db", study_name="autoplace-toy")
+    zero_shot, trained = study.trials
+    dev = 16  # the toy task's dev split; on 3 examples a score is a multiple of 1/3
+    assert all(round(3 * v, 6) == round(3 * v) for t in study.trials for v in t.intermediate_values.values())
+    assert len(set(zero_shot.intermediate_values.values())) == 1 and sorted(trained.intermediate_values) == [2, 4]
+    assert all(round(dev * t.value, 6) == round(dev * t.value) for t in study.trials)  # values: on all 16
+    meta = json.loads((tmp_path / "run" / "best" / "template.json").read_text())
+    assert meta["train"]["eval_examples"] == 3

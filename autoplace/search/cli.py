@@ -10,10 +10,12 @@ from .. import outdir
 from ..errors import AutoplaceError
 
 
-def _evaluations(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of evaluations (0 or more)")
-    return int(text)
+def _count(what: str):
+    def parse(text: str) -> int:
+        if not text.isdigit():
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {what} (0 or more)")
+        return int(text)
+    return parse
 
 
 def add_commands(sub, common, positive, out_args) -> None:
@@ -36,9 +38,12 @@ def add_commands(sub, common, positive, out_args) -> None:
     p.add_argument("--batch-size", type=positive(int), default=None)
     p.add_argument("--max-length", type=positive(int), default=None,
                    help="input tokens per example (overrides the space)")
-    p.add_argument("--patience", type=_evaluations, metavar="P", default=None,
+    p.add_argument("--patience", type=_count("evaluations"), metavar="P", default=None,
                    help="stop a trial once dev has not improved for P evaluations; 0 turns it off (default: the "
                         "space's budget.patience, else off)")
+    p.add_argument("--eval-examples", type=_count("examples"), metavar="N", default=None,
+                   help="score N dev examples (a fixed choice) at each evaluation during a trial, and the kept "
+                        "prompt on all of dev; 0: all of dev each time (default: the space's budget.eval_examples)")
     p.add_argument("--confirm-top", type=int, default=0, help="retrain the k best templates over several seeds")
     p.add_argument("--confirm-seeds", type=positive(int), default=3)
     p.add_argument("--select", choices=["dev", "cv"], default="dev",
@@ -85,8 +90,8 @@ def _study_args(p, out_args, out_help: str) -> None:
 
 
 SEARCH_OPTIONS = ("model", "data_dir", "timeout", "seed", "pruner", "workers", "steps", "eval_every", "batch_size",
-                  "max_length", "patience", "confirm_top", "confirm_seeds", "select", "folds", "ensemble", "artifacts",
-                  "trust_remote_code", "precision", "storage_patience")
+                  "max_length", "patience", "eval_examples", "confirm_top", "confirm_seeds", "select", "folds",
+                  "ensemble", "artifacts", "trust_remote_code", "precision", "storage_patience")
 
 
 def cmd_search(args) -> None:

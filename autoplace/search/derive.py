@@ -60,6 +60,9 @@ def _lead_in(text: str) -> list[str]:
     return [head, " <before:answer> ", lead] if head.strip() else [text, " <before:answer> "]
 
 
+EVAL_EXAMPLES = 256  # a large dev split: evaluations during a trial score 256 of it, the kept prompt all of it
+
+
 def budget_length(task, tokenizer, data_dir: str | None, template: str) -> int:
     """Input tokens per example: the train split's 95th percentile with this template, plus room for prompts,
     rounded up to a multiple of 16."""
@@ -77,7 +80,8 @@ def derived_space(task, tokenizer=None, data_dir: str | None = None) -> str:
     spec = {"task": task.name, "templates": [skeleton], "slots": {"min": 1, "max": 3},
             "length": {"min": 2, "max": 8}, "init": ["vocab", "random"], "encoder": ["lstm", "mlp", "none"],
             "lr": {"low": 1.0e-4, "high": 3.0e-2, "log": True},
-            "budget": {"steps": 100, "eval_every": 10, "batch_size": 8, "max_length": length},
+            "budget": {"steps": 100, "eval_every": 10, "batch_size": 8, "max_length": length,
+                       "eval_examples": EVAL_EXAMPLES},
             "reference": {"total_length": 6, "lr": 3.0e-3, "encoder": "lstm", "init": "vocab"}}
     if task.kind.needs_verbalizer:
         spec["verbalizers"] = [dict(task.verbalizer)]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import random
 import time
 from dataclasses import asdict, dataclass
 
@@ -22,13 +21,13 @@ import torch
 from ..calibration import apply, content_free_examples
 from ..prompt_encoders import PromptEncoder
 from ..featurize import Featurizer
+from ..tasks.base import fixed_rows
 from ..tasks.kinds import Cloze
 from ..errors import AutoplaceError
 from ..model import PromptedModel
 from ..pipeline import parse_for
 from ..template import TemplateError
 from ..trainer import predict
-from .select import group_units
 from .space import SearchSpace, Words
 
 
@@ -210,10 +209,4 @@ def _subset(split, n: int, group_field: str | None = None):
     grouped task (MultiRC) keeps whole questions, so exact match sees every option of a question it scores."""
     if len(split) <= n:
         return split
-    if not group_field:
-        return split.select(sorted(random.Random(0).sample(range(len(split)), n)))
-    units, rows = group_units(split, group_field), []
-    for unit in random.Random(0).sample(units, len(units)):
-        if len(rows) + len(unit) <= n:
-            rows += unit
-    return split.select(sorted(rows or units[0]))
+    return split.select(fixed_rows(len(split), n, split[group_field] if group_field else None))

@@ -17,6 +17,7 @@ import statistics
 import numpy as np
 
 from ..errors import AutoplaceError
+from ..tasks.base import units
 
 
 @dataclasses.dataclass
@@ -42,26 +43,16 @@ def fold_tasks(task, data_dir: str | None, k: int, seed: int) -> list:
     parts = [_tagged_groups(task.load_split(split, data_dir).select_columns(columns), task.group_field, split)
              for split in ("train", "dev")]
     pooled = datasets.concatenate_datasets([p.cast(parts[0].features) for p in parts])
-    units = group_units(pooled, task.group_field)
-    if len(units) < k:
+    together = units(pooled[task.group_field] if task.group_field else None, len(pooled))
+    if len(together) < k:
         what = "questions" if task.group_field else "examples"
         raise AutoplaceError(f"--select cv with {k} folds needs at least {k} {what} in train and dev together; "
-                             f"task {task.name} has {len(units)}")
-    order = random.Random(seed).sample(units, len(units))
+                             f"task {task.name} has {len(together)}")
+    order = random.Random(seed).sample(together, len(together))
     folds = [[row for unit in order[i::k] for row in unit] for i in range(k)]
     return [dataclasses.replace(task, source=FoldSource(pooled, sorted(r for j, f in enumerate(folds) if j != i
                                                                        for r in f), sorted(folds[i])))
             for i in range(k)]
-
-
-def group_units(split, group_field: str | None) -> list[list[int]]:
-    """The rows that must stay together, in first-seen order: a question's options when grouped, else each row."""
-    if not group_field:
-        return [[row] for row in range(len(split))]
-    units: dict = {}
-    for row, group in enumerate(split[group_field]):
-        units.setdefault(group, []).append(row)
-    return list(units.values())
 
 
 def _tagged_groups(split, group_field: str | None, name: str):

@@ -258,13 +258,14 @@ def _section(spec: dict, key: str, cls):
             values[sub] = want(raw)
         except (TypeError, ValueError):
             raise _bad(spec, f"{key}.{sub}", f"must be a {want.__name__} (got {raw!r})") from None
-        if want in (int, float) and values[sub] <= 0 and not (sub == "patience" and values[sub] == 0):
+        if want in (int, float) and values[sub] <= 0 and not (sub in ZERO_MEANS_OFF and values[sub] == 0):
             raise _bad(spec, f"{key}.{sub}", f"must be positive (got {raw!r})")
     return cls(**values)
 
 
 KNOWN_KEYS = {"task", "skeleton", "templates", "places", "slots", "length", "init", "encoder", "lr", "budget",
               "reference", "description", "verbalizers", "calibrate", "screen", "auto_verbalizer"}
+ZERO_MEANS_OFF = {"patience", "eval_examples"}  # budget keys for which 0 means "not used"
 SCREEN_KEYS = {"keep": 4, "examples": 256}
 AUTO_KEYS = {"k": 5, "n": 3}
 

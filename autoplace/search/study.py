@@ -47,6 +47,7 @@ class SearchConfig:
     batch_size: int | None = None
     max_length: int | None = None
     patience: int | None = None    # stop a trial once dev has not improved for this many evaluations
+    eval_examples: int | None = None  # dev examples scored at each evaluation during a trial (0: all)
     confirm_top: int = 0
     confirm_seeds: int = 3
     ensemble: int = 0              # > 1: OUT/best averages the top-k templates (PET)
@@ -144,8 +145,8 @@ def words_of(study: optuna.Study) -> dict[str, Words]:
 
 def effective_budget(cfg: SearchConfig, space: SearchSpace) -> Budget:
     """The space's budget with the command line's overrides."""
-    given = {key: getattr(cfg, key) for key in ("steps", "eval_every", "batch_size", "max_length", "patience")
-             if getattr(cfg, key) is not None}
+    given = {key: getattr(cfg, key) for key in ("steps", "eval_every", "batch_size", "max_length", "patience",
+                                                "eval_examples") if getattr(cfg, key) is not None}
     budget = dataclasses.replace(space.budget, **given)
     return dataclasses.replace(budget, eval_every=min(budget.eval_every, budget.steps))
 

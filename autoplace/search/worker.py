@@ -58,7 +58,7 @@ class Objective:
         result = fit(run, train_cfg, report, progress=False)
         if not result.losses:  # nothing to train: the score holds at every dev step, so pruners can compare with it
             for step in dev_steps(train_cfg.steps, train_cfg.eval_every):
-                report(step, result.dev[self.task.primary_metric])
+                report(step, result.history[0][1])  # on the examples every trial's evaluations score
         trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
         trial.set_user_attr("steps", result.steps_done)
         trial.set_user_attr("dev", result.dev)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -156,3 +157,27 @@ def check_examples(task: Task, split: str, ds):
             ds = ds.remove_columns(name).add_column(name, texts)
     task.kind.check_answers(task, split, ds)
     return ds
+
+
+def units(groups: list | None, n_rows: int) -> list[list[int]]:
+    """The rows that must stay together, in first-seen order: a question's options when grouped, else each row."""
+    if groups is None:
+        return [[row] for row in range(n_rows)]
+    found: dict = {}
+    for row, group in enumerate(groups):
+        found.setdefault(group, []).append(row)
+    return list(found.values())
+
+
+def fixed_rows(n_rows: int, n: int, groups: list | None = None, seed: int = 0) -> list[int]:
+    """At most n of n_rows rows, a fixed seeded choice, in order. Rows of one group (a MultiRC question) are kept
+    or left out together, so exact match sees every option of a question it scores."""
+    if n_rows <= n:
+        return list(range(n_rows))
+    if groups is None:
+        return sorted(random.Random(seed).sample(range(n_rows), n))
+    whole, rows = units(groups, n_rows), []
+    for unit in random.Random(seed).sample(whole, len(whole)):
+        if len(rows) + len(unit) <= n:
+            rows += unit
+    return sorted(rows or whole[0])
