@@ -40,11 +40,12 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    dev: dict                      # dev metrics of the kept (best-dev) prompt
+    dev: dict                      # the kept (best-dev) prompt's dev metrics: on all of dev, but a stopped run's on the
+                                   # eval_examples subset its evaluations scored
     best_step: int
     steps_done: int
     train_seconds: float
-    history: list = field(default_factory=list)  # (step, dev score)
+    history: list = field(default_factory=list)  # (step, dev score) of each evaluation (on the eval_examples subset)
     losses: list = field(default_factory=list)   # training loss per step
     stopped_early: bool = False    # the callback (a pruner) stopped it
     out_of_patience: bool = False  # dev stopped improving: a finished run, trained for fewer steps

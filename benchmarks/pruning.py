@@ -29,6 +29,7 @@ from autoplace.search.run import search
 from autoplace.search.space import default_space_path
 from autoplace.search.storage import default_url
 from autoplace.search.study import SearchConfig
+from autoplace.tasks import get_task
 
 STEPS_CAP, DEV_SLACK = 0.5, 0.01  # the default pruner's rule: ≤ 50% of the unpruned steps; winner within 1 point
 
@@ -42,7 +43,7 @@ def run_one(pruner: str, task: str, seed: int, args, backbone) -> dict:
         seconds = time.perf_counter() - started
         study = optuna.load_study(storage=cfg.storage, study_name=cfg.study_name)
         steps = sum(t.user_attrs.get("steps", 0) for t in study.trials)
-    metric = next(iter(found["dev"]))
+    metric = get_task(task).primary_metric  # what the search selected by (MultiRC: f1a)
     return {"task": task, "seed": seed, "pruner": pruner, "wall_seconds": round(seconds, 1), "train_steps": steps,
             "complete": found["trials"]["complete"], "pruned": found["trials"]["pruned"],
             "failed": found["trials"]["fail"], "best_template": found["template"], "metric": metric,
@@ -96,12 +97,16 @@ def verdict(rows: list[dict]) -> tuple[list[dict], str | None]:
     return summary, min(eligible, key=lambda s: s["steps_vs_none"])["pruner"] if eligible else None
 
 
-def merged(settings: dict, rows: list[dict]) -> list[dict]:
-    """This run's rows, plus an earlier run's for other tasks or seeds with the same settings."""
+def merged(settings: dict, rows: list[dict], replace: bool = False) -> list[dict]:
+    """This run's rows, plus an earlier run's for other tasks or seeds with the same sizes (any pruners)."""
     path = RESULTS / f"pruning-{device_tag()}.json"
     earlier = json.loads(path.read_text()) if path.is_file() else {}
-    if earlier.get("settings") != settings:
+    sizes = {k: v for k, v in settings.items() if k != "pruners"}
+    if replace or not earlier:
         return rows
+    if {k: v for k, v in earlier.get("settings", {}).items() if k != "pruners"} != sizes:
+        sys.exit(f"{path} holds runs of other sizes ({earlier.get('settings')}); rerun with those, or pass "
+                 "--replace to start a new results file")
     ran = {(r["task"], r["seed"]) for r in rows}
     return [r for r in earlier.get("rows", []) if (r["task"], r["seed"]) not in ran] + rows
 
@@ -139,9 +144,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
+    parser.add_argument("--replace", action="store_true", help="start a new results file instead of merging")
     args = parser.parse_args()
     backbone = load_backbone(args.model, precision=args.precision)  # loaded once, shared by every search
-    settings = {k: v for k, v in vars(args).items() if k not in ("tasks", "seeds")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("tasks", "seeds", "replace")}
+    merged(settings, [], args.replace)  # sizes that do not fit the results file stop here, before hours of work
     command = "python benchmarks/pruning.py " + " ".join(sys.argv[1:])
     rows = []
     for task in args.tasks.split(","):
@@ -152,11 +159,11 @@ def main() -> None:
                 rows.append(run_one(pruner, task, seed, args, backbone) | {"command": command,
                                                                            "warm_up_seconds": warm})
                 print(json.dumps(rows[-1]), flush=True)
-            record(settings, rows)  # after each (task, seed): a sitting cut short keeps what it measured
+            record(settings, rows, args.replace)  # after each (task, seed): a sitting cut short keeps its runs
 
 
-def record(settings: dict, rows: list[dict]) -> None:
-    everything = compared(merged(settings, rows))
+def record(settings: dict, rows: list[dict], replace: bool) -> None:
+    everything = compared(merged(settings, rows, replace))
     summary, default = verdict(everything)
     table = markdown(everything, summary, default, settings)
     print(table, flush=True)

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -340,6 +341,11 @@ def test_evaluations_during_training_score_a_fixed_dev_subset_and_the_kept_promp
     stopped = train(model, task, items, dev, TrainConfig(steps=6, eval_every=2, eval_examples=6), progress=False,
                     callback=lambda step, score: False)
     assert stopped.stopped_early and [len(s) for s in scored] == [6]
+    grouped = [dataclasses.replace(item, group=f"q{i // 4}") for i, item in enumerate(dev)]  # 4 questions of 4 options
+    scored.clear()
+    train(model, task, items, grouped, TrainConfig(steps=2, eval_every=2, eval_examples=6), progress=False)
+    kept = {item.group for item in grouped if id(item) in scored[0]}
+    assert len(kept) == 1 and len(scored[0]) == 4  # one whole question: two would be 8 options, more than 6
 
 
 def test_a_fixed_row_choice_keeps_groups_whole_and_never_exceeds_n():

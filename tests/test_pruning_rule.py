@@ -34,7 +34,8 @@ def test_the_default_is_the_cheapest_pruner_within_the_cap_whose_winner_holds_on
 
 
 def test_no_default_when_no_pruner_meets_the_rule():
-    summary, default = pruning.verdict(_runs([0.60, 0.60, 0.72]))  # hyperband holds on 1 of 3 runs only
-    assert default is None and "no pruner meets it" in pruning.markdown(
-        _runs([0.60, 0.60, 0.72]), summary, default, {"n_trials": 24, "steps": 16, "eval_every": 4, "batch_size": 4,
-                                                      "max_length": 96, "precision": "bf16", "model": "m"})
+    rows = _runs([0.60, 0.60, 0.72])  # hyperband holds on 1 of 3 runs only
+    summary, default = pruning.verdict(rows)
+    sizes = {"n_trials": 24, "steps": 15, "eval_every": 3, "batch_size": 4, "max_length": 96, "precision": "bf16",
+             "model": "m"}
+    assert default is None and "no pruner meets it" in pruning.markdown(rows, summary, default, sizes)

@@ -213,7 +213,7 @@ def test_the_winner_is_tested_on_the_backbone_and_precision_its_trials_ran_on(mo
     ('skeleton: "<a> {sentence} [MASK]"\nencoder: [gru]\n', "key 'encoder' must be a non-empty list"),
     ('skeleton: "<a> {sentence} [MASK]"\nbudget: {steps: -3}\n', "key 'budget.steps' must be positive"),
     ('skeleton: "<a> {sentence} [MASK]"\nbudget: {stepz: 3}\n', "key 'budget.stepz' is not a known key"),
-    ('skeleton: "<a> {sentence} [MASK]"\nbudget: {eval_examples: -1}\n', "key 'budget.eval_examples' must be positive"),
+    ('skeleton: "<a> {sentence} [MASK]"\nbudget: {eval_examples: -1}\n', "key 'budget.eval_examples' must be 0 or more"),
     ('skeleton: "<a> {sentence} [MASK]"\nslots: 3\n', "key 'slots' must be a mapping with min and max"),
     ('skeleton: "<a> {sentence [MASK]"\n', "key 'skeleton' is not a valid template"),
     ("skeleton: [unclosed\n", "not valid YAML"),

@@ -60,7 +60,7 @@ def _lead_in(text: str) -> list[str]:
     return [head, " <before:answer> ", lead] if head.strip() else [text, " <before:answer> "]
 
 
-EVAL_EXAMPLES = 256  # a large dev split: evaluations during a trial score 256 of it, the kept prompt all of it
+EVAL_EXAMPLES = 256  # evaluations during a trial score at most 256 dev examples, the kept prompt all of them
 
 
 def budget_length(task, tokenizer, data_dir: str | None, template: str) -> int:
@@ -90,5 +90,7 @@ def derived_space(task, tokenizer=None, data_dir: str | None = None) -> str:
               "# Places: <start>, <after:FIELD> after each field, <before:answer> before the words that lead to the\n"
               "# answer, <end> after [MASK] (masked LMs only). Add phrasings under `templates:` and label words under\n"
               "# `verbalizers:` (or `auto`); the first of each is the task's own. max_length: the train split's 95th\n"
-              "# percentile of tokens with this template, plus room for prompts. Schema: search_spaces/README.md.\n")
+              "# percentile of tokens with this template, plus room for prompts. eval_examples: a larger dev split is\n"
+              "# scored on a fixed 256 of its examples during a trial, and all of it for the kept prompt. Schema:\n"
+              "# search_spaces/README.md.\n")
     return header + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=120)

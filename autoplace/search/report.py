@@ -270,7 +270,9 @@ def _curves(study: optuna.Study, ax, metric: str, top: int = 5):
                 label=label if len(label) < 70 else label[:67] + "...")
     ax.set_xlabel("train step")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} during training, top {len(trials)} trials")
+    subset = study.user_attrs.get("budget", {}).get("eval_examples")
+    ax.set_title(f"{metric} during training, top {len(trials)} trials"
+                 + (f" (evaluations on {subset} dev examples at most)" if subset else ""))
     ax.legend(fontsize="x-small")
 
 

@@ -139,7 +139,7 @@ def cross_validate(cfg: SearchConfig, study: optuna.Study, objective: Objective,
     """Each candidate trained on k-1 folds of train ∪ dev (its last step kept: nothing else may judge) and scored
     on the fold held out; the best mean wins, then trains on train with dev choosing its checkpoint."""
     folds = fold_tasks(objective.task, cfg.data_dir, cfg.folds, cfg.seed)
-    last_step_only = dataclasses.replace(objective.budget, eval_every=objective.budget.steps)
+    last_step_only = dataclasses.replace(objective.budget, eval_every=objective.budget.steps, eval_examples=0)
     results = []
     for trial in candidates:
         scores = [retrain(cfg, objective, trial, cfg.seed, fold, last_step_only)[2] for fold in folds]

@@ -258,8 +258,9 @@ def _section(spec: dict, key: str, cls):
             values[sub] = want(raw)
         except (TypeError, ValueError):
             raise _bad(spec, f"{key}.{sub}", f"must be a {want.__name__} (got {raw!r})") from None
-        if want in (int, float) and values[sub] <= 0 and not (sub in ZERO_MEANS_OFF and values[sub] == 0):
-            raise _bad(spec, f"{key}.{sub}", f"must be positive (got {raw!r})")
+        zero_ok = sub in ZERO_MEANS_OFF
+        if want in (int, float) and (values[sub] < 0 if zero_ok else values[sub] <= 0):
+            raise _bad(spec, f"{key}.{sub}", f"must be {'0 or more' if zero_ok else 'positive'} (got {raw!r})")
     return cls(**values)
 
 
