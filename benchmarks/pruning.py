@@ -98,7 +98,8 @@ def verdict(rows: list[dict]) -> tuple[list[dict], str | None]:
 
 
 def merged(settings: dict, rows: list[dict], replace: bool = False) -> list[dict]:
-    """This run's rows, plus an earlier run's for other tasks or seeds with the same sizes (any pruners)."""
+    """This run's rows, plus an earlier run's for other (task, seed, pruner) triples with the same sizes: a sitting
+    may run some pruners of a (task, seed) and a later one the rest."""
     path = RESULTS / f"pruning-{device_tag()}.json"
     earlier = json.loads(path.read_text()) if path.is_file() else {}
     sizes = {k: v for k, v in settings.items() if k != "pruners"}
@@ -107,8 +108,8 @@ def merged(settings: dict, rows: list[dict], replace: bool = False) -> list[dict
     if {k: v for k, v in earlier.get("settings", {}).items() if k != "pruners"} != sizes:
         sys.exit(f"{path} holds runs of other sizes ({earlier.get('settings')}); rerun with those, or pass "
                  "--replace to start a new results file")
-    ran = {(r["task"], r["seed"]) for r in rows}
-    return [r for r in earlier.get("rows", []) if (r["task"], r["seed"]) not in ran] + rows
+    ran = {(r["task"], r["seed"], r["pruner"]) for r in rows}
+    return [r for r in earlier.get("rows", []) if (r["task"], r["seed"], r["pruner"]) not in ran] + rows
 
 
 def markdown(rows: list[dict], summary: list[dict], default: str | None, settings: dict) -> str:
