@@ -25,7 +25,7 @@ def add_commands(sub, common, positive, out_args) -> None:
     p.add_argument("--n-trials", type=positive(int), default=30, help="trials in the study, references included")
     p.add_argument("--timeout", type=positive(float), default=None, help="seconds before workers stop claiming trials")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pruner", choices=["median", "hyperband", "sha", "wilcoxon", "none"], default="median")
+    p.add_argument("--pruner", choices=["sha", "median", "hyperband", "wilcoxon", "none"], default="sha")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/study.db)")
     p.add_argument("--study-name", default=None, help="default: autoplace-<task>")
     p.add_argument("--workers", type=positive(int), default=1, help="worker processes on this machine")
