@@ -24,6 +24,20 @@ def test_builtin_tasks_read_their_folders(name, folder, sizes, fewglue):
     assert set(task.label_of(ex) for ex in ds) == set(task.labels)
 
 
+def test_a_train_split_with_one_answer_is_named(caplog, fewglue, toy_task_file):
+    """FewGLUE's WSC train is 32 of 32 true: a prompt trained on it answers true always (the placement study's
+    WSC column), so loading it says so, once; a train split with both answers, and other splits, load silently."""
+    task = get_task("wsc")
+    for split in ("train", "train", "dev"):
+        task.load_split(split, str(fewglue))
+    assert caplog.text.count("autoplace: task wsc: all 32 train examples have the answer 'true'") == 1
+    caplog.clear()
+    get_task(str(toy_task_file)).load_split("train")
+    write_jsonl(toy_task_file.parent / "dev.jsonl", [{"sentence": "a", "label": "pos"}, {"sentence": "b", "label": "pos"}])
+    get_task(str(toy_task_file)).load_split("dev")
+    assert "train examples have the answer" not in caplog.text
+
+
 def test_data_dir_may_be_the_data_root_or_the_env(monkeypatch, fewglue, tmp_path):
     assert len(get_task("cb").load_split("dev", str(SHARED_DATA))) == 32  # finds FewGLUE_32dev/CB
     monkeypatch.setenv("AUTOPLACE_DATA_DIR", str(fewglue))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from ..errors import AutoplaceError
 from ..inputs import field_text, json_lines, read_text
 from .kinds import Choice, Classification, Cloze, kind_named, label_key
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
 DATA_DIR_ENV = "AUTOPLACE_DATA_DIR"  # where built-in tasks read their files when no --data-dir is given
 METRICS = Classification.metrics  # what a task file may ask for; a cloze task reports p@1
@@ -156,7 +158,19 @@ def check_examples(task: Task, split: str, ds):
         if texts != values:
             ds = ds.remove_columns(name).add_column(name, texts)
     task.kind.check_answers(task, split, ds)
+    if split == "train" and not isinstance(task.kind, Cloze):
+        warn_one_answer(task, ds)
     return ds
+
+
+def warn_one_answer(task: Task, ds) -> None:
+    """A train split with one answer teaches a prompt to give it always, and a search judged on train (the screen,
+    --select cv) then prefers such prompts; FewGLUE's WSC train (32 of 32 true) is one."""
+    answers = {label_key(value) for value in ds[task.label_field]}
+    if len(ds) > 1 and len(answers) == 1:
+        log.warning(f"autoplace: task {task.name}: all {len(ds)} train examples have the answer {answers.pop()!r}; a "
+                    f"prompt trained on them learns to give it always (give train both answers, or keep a zero-shot "
+                    f"template)")
 
 
 def units(groups: list | None, n_rows: int) -> list[list[int]]:
