@@ -33,7 +33,7 @@ def test_a_train_split_with_one_answer_is_named(caplog, fewglue, toy_task_file):
     assert caplog.text.count("autoplace: task wsc: all 32 train examples have the answer 'true'") == 1
     caplog.clear()
     get_task(str(toy_task_file)).load_split("train")
-    write_jsonl(toy_task_file.parent / "dev.jsonl", [{"sentence": "a", "label": "pos"}, {"sentence": "b", "label": "pos"}])
+    write_jsonl(toy_task_file.parent / "dev.jsonl", [{"sentence": s, "label": "pos"} for s in ("a", "b")])
     get_task(str(toy_task_file)).load_split("dev")
     assert "train examples have the answer" not in caplog.text
 
