@@ -1,6 +1,7 @@
 """autoplace: search where trainable soft-prompt tokens go in a frozen language model's input (and which words).
 
-`autoplace.search`, `autoplace.train` and `autoplace.load` are the Python face of the command line (see api.py).
+`autoplace.search`, `autoplace.train` and `autoplace.load` are the Python face of the command line (see api.py);
+the machinery of a search (space, screen, study, workers, winner, report) is the subpackage `autoplace.study`.
 They are imported on first use, so `import autoplace` (and `autoplace --help`) does not load torch.
 """
 __version__ = "0.1.0"
@@ -8,10 +9,7 @@ __all__ = ["search", "train", "load", "__version__"]
 
 
 def __getattr__(name: str):
-    if name == "search":  # the package autoplace.search is callable: it runs api.search
-        import importlib
-        return importlib.import_module(".search", __name__)
-    if name in ("train", "load", "Artifact", "SearchResult"):
+    if name in ("search", "train", "load", "Artifact", "SearchResult"):
         from . import api
         return getattr(api, name)
     raise AttributeError(f"module 'autoplace' has no attribute {name!r}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import outdir
+from .config import DEFAULT_MODEL, SEARCH_OUT, SearchConfig
 from .errors import AutoplaceError
 from .inputs import read_text
 
@@ -64,26 +65,33 @@ def load(path: str | Path, data_dir: str | None = None, model: str | None = None
     from .runner import load as rebuild
     recorded = artifact.read_meta(path).get("precision")
     if precision and recorded and precision != recorded:
-        from .search.lifecycle import say
+        from .errors import say
         say(f"scoring in {precision}, not {recorded} as {path} was scored: scores may differ slightly")
     run, meta = rebuild(path, data_dir, model, device, trust_remote_code, precision or recorded or "auto")
     return Artifact(Path(path), meta, run)
 
 
-def train(task: str, template: str | None = None, out: str | Path | None = None, *, data_dir: str | None = None,
-          model: str | None = None, device: str | None = None, precision: str | None = None,
-          trust_remote_code: bool = False, steps: int = 100, batch_size: int = 8, lr: float = 1e-3,
-          eval_every: int = 10, max_length: int = 256, seed: int = 0, encoder: str | None = None,
+def train(task: str | None = None, template: str | None = None, out: str | Path | None = None, *,
+          data_dir: str | None = None, model: str | None = None, device: str | None = None,
+          precision: str | None = None, trust_remote_code: bool = False, steps: int | None = None,
+          batch_size: int | None = None, lr: float | None = None, eval_every: int | None = None,
+          max_length: int | None = None, seed: int | None = None, encoder: str | None = None,
           init: str | None = None, init_words: str | None = None, verbalizer: dict | None = None,
           calibrate: bool | None = None, fresh: bool = False, overwrite: bool = False) -> Artifact:
     """Train one template's prompt (train trains, dev picks the checkpoint, test is only reported) and export it
     to `out`. `template` is text, a file holding it, or an exported artifact to continue from (an ensemble's
-    members each continue)."""
-    from . import ensemble
+    members each continue); from an artifact, every setting left None is the artifact's (REUSED), the others
+    config.py's defaults."""
+    from . import artifact, ensemble
     from .tasks import get_task
     if out is None:
         raise AutoplaceError("train needs an out folder")
     outdir.check(out, "artifact", overwrite)
+    if task is None:
+        if template is None or not artifact.is_artifact(str(template)):
+            raise AutoplaceError("train needs --task (or --template DIR of an exported artifact, whose task it takes)")
+        recorded = artifact.read_meta(template)
+        task = recorded.get("task_file") or recorded["task"]
     task = get_task(task)
     text, source_meta, source_dir = template_source(template, task)
     options = dict(data_dir=data_dir, model=model, device=device, precision=precision,
@@ -93,7 +101,6 @@ def train(task: str, template: str | None = None, out: str | Path | None = None,
     if not (source_meta and ensemble.is_ensemble(source_meta)):
         run, summary = _train_one(task, text, source_meta, source_dir, out, **options)
         return Artifact(Path(out), summary.pop("meta"), run, summary)
-    from . import artifact
     with tempfile.TemporaryDirectory() as tmp:
         runs, folders = [], []
         for i, member in enumerate(ensemble.member_dirs(source_dir, source_meta)):
@@ -115,18 +122,20 @@ def _train_one(task, text: str, source_meta: dict | None, source_dir: str | None
     """Train, test (reported only) and export one prompt; (the run, its summary with its metadata under "meta")."""
     from . import artifact
     from .backbones import load_backbone
+    from .config import Budget, Plan, configs
     from .pipeline import check_words
-    from .plan import Budget, Plan, configs
     from .runner import export, fit, metadata, prepare
     previous = (source_meta or {}).get("prompt", {})
+    s = reused_settings(source_meta, source_dir, dict(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
+                                                      max_length=max_length, seed=seed, encoder=encoder, init=init))
     words = (tuple(w for w in init_words.split(",") if w.strip()) if isinstance(init_words, str)
              else tuple(init_words or ()))
-    plan = Plan(text, encoder=encoder or previous.get("encoder", "lstm"), init=init or previous.get("init", "vocab"),
-                lr=lr, init_words=words, verbalizer=verbalizer or previous.get("verbalizer"),
+    plan = Plan(text, encoder=s["encoder"], init=s["init"], lr=s["lr"], init_words=words,
+                verbalizer=verbalizer or previous.get("verbalizer"),
                 calibrate=previous.get("calibrate", False) if calibrate is None else calibrate)
     check_words(task, plan)  # bad label words fail before the backbone loads
-    prompt, cfg = configs(plan, Budget(steps, eval_every, batch_size, max_length), seed)
-    backbone = load_backbone(model or (source_meta or {}).get("model") or "smollm2-135m", device, trust_remote_code,
+    prompt, cfg = configs(plan, Budget(s["steps"], s["eval_every"], s["batch_size"], s["max_length"]), s["seed"])
+    backbone = load_backbone(model or (source_meta or {}).get("model") or DEFAULT_MODEL, device, trust_remote_code,
                              precision or (source_meta or {}).get("precision") or "auto")
     init_state = None
     if source_meta and not fresh:
@@ -135,7 +144,7 @@ def _train_one(task, text: str, source_meta: dict | None, source_dir: str | None
     run = prepare(task, backbone, prompt, data_dir, init_state)
     result = fit(run, cfg)
     if not run.model.encoder.n_tokens:  # said once the data has loaded, so bad input still gets its one line
-        from .search.lifecycle import say
+        from .errors import say
         say(f"template {prompt.template!r} has no [P] slot: nothing to train, it is scored zero-shot")
     test = run.evaluate("test")  # reported only; nothing is chosen on it
     meta = metadata(run, cfg, result, test, {"started_from": source_dir if init_state else None})
@@ -143,6 +152,30 @@ def _train_one(task, text: str, source_meta: dict | None, source_dir: str | None
     return run, {"out": str(out), "template": prompt.template, "dev": result.dev, "test": test,
                  "steps": result.steps_done, "train_seconds": round(result.train_seconds, 2),
                  "seconds_per_step": round(result.train_seconds / max(result.steps_done, 1), 4), "meta": meta}
+
+
+REUSED = {"max_length": ("prompt", "max_length"), "lr": ("train", "lr"), "batch_size": ("train", "batch_size"),
+          "encoder": ("prompt", "encoder"), "init": ("prompt", "init")}  # what train takes from --template DIR
+
+
+def reused_settings(source_meta: dict | None, source_dir: str | None, given: dict) -> dict:
+    """Each training setting: as given, else the artifact's (REUSED ones), else config.py's default; one line says
+    what came from the artifact, so a continued prompt trains as it was trained unless a flag says otherwise."""
+    from .config import ENCODER, INIT, Budget, TrainConfig
+    defaults = {**{k: getattr(TrainConfig, k) for k in ("steps", "batch_size", "lr", "eval_every", "seed")},
+                "max_length": Budget.max_length, "encoder": ENCODER, "init": INIT}
+    settings, taken = {}, []
+    for name, value in given.items():
+        section, key = REUSED.get(name, (None, None))
+        recorded = (source_meta or {}).get(section, {}).get(key) if section else None
+        if value is None and recorded is not None:
+            value = recorded
+            taken.append(f"{name} {recorded:g}" if isinstance(recorded, float) else f"{name} {recorded}")
+        settings[name] = defaults[name] if value is None else value
+    if taken:
+        from .errors import say
+        say(f"from {source_dir}: task {source_meta.get('task')}, {', '.join(taken)} (a flag overrides any of them)")
+    return settings
 
 
 def template_source(arg: str | None, task) -> tuple[str, dict | None, str | None]:
@@ -161,24 +194,23 @@ def template_source(arg: str | None, task) -> tuple[str, dict | None, str | None
     return arg, None, None
 
 
-def search(task: str, space: str | None = None, n_trials: int = 30, out: str | Path = "runs/search",
+def search(task: str, space: str | None = None, n_trials: int = SearchConfig.n_trials, out: str | Path = SEARCH_OUT,
            storage: str | None = None, study_name: str | None = None, devices=None, device: str | None = None,
            **options) -> SearchResult:
     """Search where prompt slots go, and which words, for a task; every other option is a SearchConfig field
     (model, data_dir, steps, pruner, workers, confirm_top, select, ensemble, ...)."""
     import optuna
     from .backbones import resolve_device
-    from .search.run import search as run_search
-    from .search.space import default_space_path, load_space
-    from .search.storage import default_url, open_storage
-    from .search.study import SearchConfig
+    from .study.run import search as run_search
+    from .study.space import default_space_path, load_space
+    from .study.storage import default_url, open_storage
     from .tasks import get_task
     out = str(out)
     outdir.check(out, "search")  # a search resumes in its own folder and refuses any other
     the_task = get_task(task)
     derived = None
     if space is None and default_space_path(the_task.name) is None:  # the user's own task: derive its space
-        space, derived = str(Path(out) / "space.yaml"), space_text(the_task, options.get("model") or "smollm2-135m",
+        space, derived = str(Path(out) / "space.yaml"), space_text(the_task, options.get("model") or DEFAULT_MODEL,
                                                                    options.get("data_dir"))
     space = str(space or default_space_path(the_task.name))
     if derived is not None and not Path(space).is_file():  # a resumed search keeps the space it started with
@@ -203,12 +235,12 @@ def search(task: str, space: str | None = None, n_trials: int = 30, out: str | P
                                              else None, None, cfg.trust_remote_code))
 
 
-def space_text(task, model: str = "smollm2-135m", data_dir: str | None = None) -> str:
+def space_text(task, model: str = DEFAULT_MODEL, data_dir: str | None = None) -> str:
     """The space a search of this task uses unless told otherwise, as YAML: the shipped file of a built-in task,
     else one derived from the task's template (its budget measured with the backbone's tokenizer)."""
     from .backbones import load_tokenizer
-    from .search.derive import derived_space
-    from .search.space import default_space_path
+    from .study.derive import derived_space
+    from .study.space import default_space_path
     shipped = default_space_path(task.name)
     if shipped is not None:
         return shipped.read_text(encoding="utf-8")
@@ -217,7 +249,7 @@ def space_text(task, model: str = "smollm2-135m", data_dir: str | None = None) -
 
 def load_space_text(text: str, where: str):
     """A space from YAML text (checked exactly as a file would be), named after where it will be saved."""
-    from .search.space import load_space
+    from .study.space import load_space
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "space.yaml"
         path.write_text(text, encoding="utf-8")

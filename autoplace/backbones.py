@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import PRECISIONS, SMOLLM2
 from .errors import AutoplaceError
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -130,7 +131,6 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @functools.cache
@@ -180,7 +180,7 @@ def _view(backbone: Backbone, precision: str) -> Backbone:
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     """A backbone's tokenizer alone (cheap: no weights), or None where it cannot be had (an unreachable hub)."""
     from transformers import AutoTokenizer
-    source = smollm2_folder() if name in ("smollm2-135m", *TINY_ALIASES) else name
+    source = smollm2_folder() if name in (SMOLLM2, *TINY_ALIASES) else name
     try:
         return AutoTokenizer.from_pretrained(source or SMOLLM2_HUB_ID, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
@@ -189,7 +189,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
 def is_causal(name: str, trust_remote_code: bool = False) -> bool:
     """The backbone kind without loading its weights (reads the config only)."""
-    if name in ("smollm2-135m", "tiny-gpt2"):
+    if name in (SMOLLM2, "tiny-gpt2"):
         return True
     if name == "tiny-bert":
         return False
@@ -215,7 +215,7 @@ def _is_masked_lm(config) -> bool:
 
 def _load(name: str, trust_remote_code: bool):
     """(model, tokenizer, source): source is what from_pretrained loads this backbone from, a hub id or a folder."""
-    if name == "smollm2-135m":
+    if name == SMOLLM2:
         folder = smollm2_folder()
         if folder:
             return (*_from_pretrained(str(folder), False, name), str(folder))

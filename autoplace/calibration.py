@@ -4,7 +4,7 @@ A template and its label words favour some labels whatever the input says. The l
 on content-free inputs ("N/A", "", "[MASK]" in every field), p_cf, measures that bias; calibrated scores divide the
 label probabilities by it: log p(label | x) - log p_cf(label). The prompt changes the bias, so p_cf is recomputed
 whenever the prompt has changed (each dev evaluation, and once training ends); an artifact stores the p_cf of its
-final prompt and applies that one.
+final prompt and applies that one. Recomputing it is a prediction, so it lives with prediction (inference.py).
 """
 from __future__ import annotations
 
@@ -15,15 +15,6 @@ CONTENT_FREE = ("N/A", "", "[MASK]")
 
 def content_free_examples(task) -> list[dict]:
     return [{name: text for name in task.fields} for text in CONTENT_FREE]
-
-
-def refresh(model) -> None:
-    """Recompute the model's p_cf with its prompt as it is now (a no-op for an uncalibrated model)."""
-    if model.content_free is None:
-        return
-    from .trainer import predict
-    raw = predict(model, model.content_free, calibrated=False)
-    model.log_prior = raw.float().softmax(-1).mean(0).log().to(model.backbone.device)
 
 
 def apply(scores: torch.Tensor, log_prior: torch.Tensor | None) -> torch.Tensor:

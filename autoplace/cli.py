@@ -9,13 +9,31 @@ import tempfile
 from pathlib import Path
 
 from . import outdir
+from .config import DEFAULT_MODEL, ENCODER, ENCODERS, INIT, INITS, PRECISION, PRECISIONS, Budget, TrainConfig
 from .errors import AutoplaceError
 from .inputs import json_lines
 
 EXIT_USAGE = 2
+MAX_LENGTH = Budget.max_length
+TASKS_HELP = ("a built-in task (rte|nli, cb, boolq, copa, wic, wsc, multirc, mr|sentiment; `autoplace tasks` lists "
+              "them) or a task .yaml")
+
+
+class _Defaults(argparse.HelpFormatter):
+    """--help shows each flag's default (those of config.py), except where there is none or it is off."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)".strip()
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Defaults)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # one line, no usage dump
         raise AutoplaceError(f"{self.prog}: {message}")
 
@@ -32,13 +50,13 @@ def _positive(kind):
     return check
 
 
-def _common(p: argparse.ArgumentParser, model_default: str | None = "smollm2-135m",
-            precision_default: str | None = "auto") -> None:
+def _common(p: argparse.ArgumentParser, model_default: str | None = DEFAULT_MODEL,
+            precision_default: str | None = PRECISION) -> None:
     p.add_argument("--data-dir", default=None, help="folder with the task's data files (or set AUTOPLACE_DATA_DIR)")
     p.add_argument("--model", default=model_default, help="smollm2-135m (offline default), tiny-gpt2, tiny-bert, "
                                                           "a hub id or a local folder")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=precision_default,
+    p.add_argument("--precision", choices=PRECISIONS, default=precision_default,
                    help="the frozen forward's precision (auto: bf16 on CUDA, fp32 on CPU; bf16 is faster on CPUs "
                         "with bf16 instructions, but its scores differ from fp32's)"
                         + ("" if precision_default else "; default: the artifact's"))
@@ -64,12 +82,13 @@ def _verbalizer(text: str) -> dict:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=_positive(int), default=100)
-    p.add_argument("--batch-size", type=_positive(int), default=8)
-    p.add_argument("--lr", type=_positive(float), default=1e-3)
-    p.add_argument("--eval-every", type=_positive(int), default=10)
-    p.add_argument("--max-length", type=_positive(int), default=256)
-    p.add_argument("--seed", type=int, default=0)
+    """Unset flags take the artifact's value with --template DIR, else config.py's default."""
+    defaults = TrainConfig()
+    for flag, kind, default in (("--steps", int, defaults.steps), ("--batch-size", int, defaults.batch_size),
+                                ("--lr", float, defaults.lr), ("--eval-every", int, defaults.eval_every),
+                                ("--max-length", int, MAX_LENGTH)):
+        p.add_argument(flag, type=_positive(kind), default=None, help=f"default: {default:g}, or the artifact's")
+    p.add_argument("--seed", type=int, default=None, help=f"default: {defaults.seed}, or the artifact's")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,10 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("tasks", help="list tasks and their default templates")
 
     p = sub.add_parser("train", help="train one template's prompt and export it")
-    p.add_argument("--task", required=True, help="rte|nli, cb, boolq, mr|sentiment, or a task .yaml")
+    p.add_argument("--task", default=None, help=f"{TASKS_HELP} (default: --template DIR's task)")
     p.add_argument("--template", default=None, help="template text, a file holding it, or an exported DIR")
-    p.add_argument("--encoder", choices=["lstm", "mlp", "none"], default=None)
-    p.add_argument("--init", choices=["vocab", "random"], default=None)
+    p.add_argument("--encoder", choices=ENCODERS, default=None, help=f"default: {ENCODER}, or the artifact's")
+    p.add_argument("--init", choices=INITS, default=None, help=f"default: {INIT}, or the artifact's")
     p.add_argument("--init-words", default=None, help="comma-separated words for vocab init")
     p.add_argument("--verbalizer", default=None, type=_verbalizer,
                    help='label words as JSON, e.g. \'{"pos": " great", "neg": " terrible"}\' (default: the task\'s)')
@@ -108,13 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, model_default=None, precision_default=None)
 
     p = sub.add_parser("space", help="print (or write) the search space a search of a task would use, to edit")
-    p.add_argument("--task", required=True, help="a built-in task or a task .yaml")
-    p.add_argument("--model", default="smollm2-135m", help="whose tokenizer measures the input budget")
+    p.add_argument("--task", required=True, help=TASKS_HELP)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="whose tokenizer measures the input budget")
     p.add_argument("--data-dir", default=None)
     _out_args(p, "--out", default=None, help="YAML file to write (default: stdout)")
 
-    from .search.cli import add_commands
-    add_commands(sub, _common, _positive, _out_args)
+    from .study.cli import add_commands
+    add_commands(sub, _common, _positive, _out_args, TASKS_HELP)
     return parser
 
 
@@ -230,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     except AutoplaceError as exc:
         print(f"autoplace: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a search (lifecycle.Interrupted)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a search (study.worker.Interrupted)
         print(f"autoplace: {exc or 'interrupted'}", file=sys.stderr)
         return getattr(exc, "exit_status", 130)
     return 0

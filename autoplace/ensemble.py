@@ -8,7 +8,6 @@ An ensemble artifact is a folder whose template.json lists its members, each a c
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 
 from . import artifact
 from .errors import AutoplaceError
-from .trainer import predict
+from .inference import predict
 
 MEMBER = "m{}"
 
@@ -77,18 +76,3 @@ def member_dirs(path: str | Path, meta: dict) -> list[Path]:
     if not folders:
         raise AutoplaceError(f"artifact {path}: an ensemble with no members")
     return folders
-
-
-def from_trials(study, trials: list, out_dir: str | Path, artifacts: str | None, extra: dict) -> Path:
-    """An ensemble artifact of some completed trials, from their stored prompts: no retraining."""
-    from .search.trials import trial_files
-    with tempfile.TemporaryDirectory() as tmp:
-        folders = []
-        for i, trial in enumerate(trials):
-            files = trial_files(study, trial, Path(tmp) / f"dl{i}", artifacts)
-            folders.append(artifact.install(files, Path(tmp) / MEMBER.format(i)))
-        first = artifact.read_meta(folders[0])
-        meta = {"template": " | ".join(artifact.read_meta(f)["template"] for f in folders), "task": first["task"],
-                "task_file": first.get("task_file"), "model": first["model"], "backbone": first.get("backbone"),
-                "precision": first.get("precision"), "trials": [t.number for t in trials], **extra}
-        return save(out_dir, folders, meta)

@@ -1,36 +1,17 @@
 """From (task, backbone, prompt config) to a ready PromptedModel and the featurizer that feeds it."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 
 from .backbones import Backbone
 from .calibration import content_free_examples
+from .config import PromptConfig
 from .prompt_encoders import PromptEncoder, init_vectors
 from .featurize import Featurizer
 from .errors import AutoplaceError
 from .model import PromptedModel
 from .tasks import Task
-from .template import Template, parse, unescape, validate
-
-
-@dataclass
-class PromptConfig:
-    template: str
-    encoder: str = "lstm"
-    init: str = "vocab"
-    init_words: list[str] = field(default_factory=list)  # vocab init from these words instead of sampled rows
-    seed: int = 0
-    max_length: int = 256
-    verbalizer: dict[str, str] | None = None  # label -> word; None: the task's own
-    calibrate: bool = False                   # divide label probabilities by the content-free ones (Zhao et al.)
-
-    def __post_init__(self):
-        self.template = unescape(self.template)  # stored and shown with its real newlines
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .template import Template, parse, validate
 
 
 def parse_for(task: Task, backbone: Backbone, text: str) -> Template:

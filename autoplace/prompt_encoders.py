@@ -9,10 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .config import ENCODERS, INITS
 from .errors import AutoplaceError
 
-ENCODERS = ("none", "mlp", "lstm")
-INITS = ("vocab", "random")
 
 
 class PromptEncoder(nn.Module):

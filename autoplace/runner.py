@@ -10,16 +10,18 @@ from pathlib import Path
 
 import torch
 
-from . import artifact, calibration, ensemble
+from . import artifact, ensemble
 from .backbones import Backbone, load_backbone
 from .calibration import CONTENT_FREE
 from .featurize import Featurizer
 from .errors import AutoplaceError
 from .model import PromptedModel
-from .pipeline import PromptConfig, build
+from .config import PromptConfig, TrainConfig
+from .inference import evaluate, predict, refresh_calibration
+from .pipeline import build
 from .tasks import Task, get_task
 from .tasks.builtin import DATA_DIR_ENV
-from .trainer import TrainConfig, TrainResult, evaluate, predict, train
+from .trainer import TrainResult, train
 
 
 @dataclass
@@ -57,7 +59,7 @@ def prepare(task: Task, backbone: Backbone, prompt: PromptConfig, data_dir: str 
         except RuntimeError:
             raise AutoplaceError("the starting prompt's weights do not fit this template/encoder "
                                  "(pass --fresh to start from scratch)") from None
-    calibration.refresh(model)
+    refresh_calibration(model)
     return PromptRun(featurizer.task, backbone, prompt, featurizer, model, data_dir)  # the task with the prompt's words
 
 

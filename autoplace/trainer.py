@@ -1,41 +1,23 @@
 """The training loop: AdamW on prompt parameters only, dev evaluation every k steps reported to a callback."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from . import calibration
-from .backbones import Backbone
+from .config import TrainConfig
 from .featurize import Encoded, collate
 from .errors import AutoplaceError
+from .inference import autocast, evaluate, refresh_calibration
 from .model import PromptedModel
 from .tasks import Task
 from .tasks.base import fixed_rows
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 100
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    eval_every: int = 10
-    eval_batch_size: int = 32
-    patience: int = 0  # stop once dev has not improved for this many evaluations (0: never)
-    eval_examples: int = 0  # dev examples scored at each evaluation (a fixed choice; 0: all); see train()
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -58,13 +40,6 @@ class NonFiniteLoss(AutoplaceError):
 def dev_steps(steps: int, eval_every: int) -> list[int]:
     """The steps at which dev is scored: every eval_every steps, and always the last one."""
     return sorted({*range(eval_every, steps + 1, eval_every), steps})
-
-
-def autocast(backbone: Backbone):
-    """The frozen forward in the backbone's precision (bf16 autocast or full fp32)."""
-    if backbone.precision == "bf16":
-        return torch.autocast(backbone.device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_items: list[Encoded], cfg: TrainConfig,
@@ -95,7 +70,7 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
         if not math.isfinite(losses[-1]):
             raise NonFiniteLoss(f"loss is {losses[-1]} at step {step}")
         if step in scored_at:
-            calibration.refresh(model)  # the prompt moved, and so did its content-free bias
+            refresh_calibration(model)  # the prompt moved, and so did its content-free bias
             dev = evaluate(model, task, checkpoint_items, cfg.eval_batch_size)[0]
             score = dev[task.primary_metric]
             history.append((step, score))
@@ -115,7 +90,7 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
         history.append((0, best[0]))
     elif best[3] is not None:
         model.encoder.load_state_dict(best[3])
-        calibration.refresh(model)
+        refresh_calibration(model)
     dev = best[2]
     if len(checkpoint_items) < len(dev_items) and not stopped:
         dev = evaluate(model, task, dev_items, cfg.eval_batch_size)[0]  # a finished prompt is judged on all of dev
@@ -139,29 +114,3 @@ def train_step(model: PromptedModel, batch: dict, optimizer: torch.optim.Optimiz
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
     return value
-
-
-@torch.no_grad()
-def predict(model: PromptedModel, items: list[Encoded], batch_size: int = 32, calibrated: bool = True) -> torch.Tensor:
-    """Scores for every item, in input order (calibrated when the model is); batches are formed by length to waste
-    little padding."""
-    device, pad = model.backbone.device, model.backbone.tokenizer.pad_token_id
-    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
-    out = [None] * len(items)
-    for lo in range(0, len(order), batch_size):
-        idx = order[lo:lo + batch_size]
-        with autocast(model.backbone):
-            scores = model(**collate([items[i] for i in idx], pad, device)).float().cpu()
-        for row, i in enumerate(idx):
-            out[i] = scores[row]
-    scores = torch.stack(out) if out else torch.empty(0)
-    return calibration.apply(scores, model.log_prior) if calibrated and len(scores) else scores
-
-
-def evaluate(model: PromptedModel, task: Task, items: list[Encoded], batch_size: int = 32) -> tuple[dict, list[int]]:
-    """(metrics, predicted label index or token id per item)."""
-    was_training = model.training
-    model.eval()
-    best = predict(model, items, batch_size).argmax(-1).tolist()
-    model.train(was_training)
-    return task.score(best, items), best

@@ -25,13 +25,14 @@ import time
 
 from common import DATA, RESULTS, device_tag, mean_std, subset_task, write_results
 
-from autoplace.backbones import PRECISIONS, load_backbone
-from autoplace.plan import Budget, Plan, configs
+from autoplace.backbones import load_backbone
+from autoplace.config import PRECISIONS
+from autoplace.config import Budget, Plan, configs
 from autoplace.runner import fit, prepare
-from autoplace.search.run import search
-from autoplace.search.space import REFERENCE_CLASSES, default_space_path, load_space
-from autoplace.search.storage import default_url
-from autoplace.search.study import SearchConfig
+from autoplace.study.run import search
+from autoplace.study.space import REFERENCE_CLASSES, default_space_path, load_space
+from autoplace.study.storage import default_url
+from autoplace.config import SearchConfig
 from autoplace.tasks import get_task
 
 BUDGETS = {

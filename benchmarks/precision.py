@@ -21,8 +21,8 @@ from common import mean_std, write_results
 from placement_study import BUDGETS, fixed_placements, task_for, train_row
 
 from autoplace.backbones import cpu_has_bf16, load_backbone
-from autoplace.plan import Plan
-from autoplace.search.space import default_space_path, load_space
+from autoplace.config import Plan
+from autoplace.study.space import default_space_path, load_space
 
 
 def measure(name: str, precision: str, seeds: list[int], budget: dict) -> dict:

@@ -24,11 +24,12 @@ import time
 import optuna
 from common import COMMIT, DATA, RESULTS, device_tag, write_results
 
-from autoplace.backbones import PRECISIONS, load_backbone
-from autoplace.search.run import search
-from autoplace.search.space import default_space_path
-from autoplace.search.storage import default_url
-from autoplace.search.study import SearchConfig
+from autoplace.backbones import load_backbone
+from autoplace.config import PRECISIONS
+from autoplace.study.run import search
+from autoplace.study.space import default_space_path
+from autoplace.study.storage import default_url
+from autoplace.config import SearchConfig
 from autoplace.tasks import get_task
 
 STEPS_CAP, DEV_SLACK = 0.5, 0.01  # the default pruner's rule: ≤ 50% of the unpruned steps; winner within 1 point

@@ -30,15 +30,15 @@ from placement_study import FOLDERS
 import autoplace.backbones as backbones
 import autoplace.calibration as calibration
 import autoplace.runner as runner
-import autoplace.search.report as report
-import autoplace.search.run as run
-import autoplace.search.screen as screen
-import autoplace.search.worker as worker
+import autoplace.study.report as report
+import autoplace.study.run as run
+import autoplace.study.screen as screen
+import autoplace.study.worker as worker
 import autoplace.trainer as trainer
 from autoplace.featurize import Featurizer
-from autoplace.search.space import default_space_path
-from autoplace.search.storage import default_url
-from autoplace.search.study import SearchConfig
+from autoplace.study.space import default_space_path
+from autoplace.study.storage import default_url
+from autoplace.config import SearchConfig
 from autoplace.tasks import get_task
 
 CONTEXTS = ("trial", "selection")  # where a phase happened, when not around them

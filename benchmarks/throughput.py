@@ -52,9 +52,11 @@ sys.path.insert(0, str(REPO))
 
 from autoplace.backbones import load_backbone  # noqa: E402
 from autoplace.featurize import collate  # noqa: E402
-from autoplace.pipeline import PromptConfig, build  # noqa: E402
+from autoplace.config import PromptConfig  # noqa: E402
+from autoplace.pipeline import build  # noqa: E402
 from autoplace.tasks import get_task  # noqa: E402
-from autoplace.trainer import autocast, train_step  # noqa: E402
+from autoplace.inference import autocast  # noqa: E402
+from autoplace.trainer import train_step  # noqa: E402
 
 DATA = Path(os.environ.get("AUTOPLACE_SHARED_DATA", REPO.parent / "shared" / "data")) / "FewGLUE_32dev" / "RTE"
 BATCH, N_PROMPT, LR = 8, 8, 1e-3

@@ -13,11 +13,12 @@ import torch
 
 from autoplace.cli import main
 from autoplace.featurize import NO_SLOT
-from autoplace.pipeline import PromptConfig, build
+from autoplace.config import PromptConfig
+from autoplace.pipeline import build
 from autoplace.tasks import get_task
 from autoplace.tasks.base import Task
 from autoplace.tasks.kinds import binary_f1, exact_match
-from autoplace.trainer import predict
+from autoplace.inference import predict
 from conftest import REPO, write_jsonl
 
 WORDS = {"pos": " wonderful indeed", "neg": " not good at all"}  # several tokens each, sharing none first
@@ -150,8 +151,8 @@ def test_a_custom_choice_task_trains_searches_and_predicts(tmp_path, capsys):
 
 def test_the_screen_scores_whole_answers(tiny_gpt2, fewglue):
     """COPA's phrasings are screened with both candidates scored whole; no words, no calibration to choose."""
-    from autoplace.search.screen import screen
-    from autoplace.search.space import default_space_path, load_space
+    from autoplace.study.screen import screen
+    from autoplace.study.space import default_space_path, load_space
     space = load_space(default_space_path("copa"))
     space.screen_examples = 8
     kept, record = screen(space, get_task("copa"), tiny_gpt2, str(fewglue))
@@ -213,8 +214,8 @@ def test_copa_search_on_smollm2_exports_what_predict_uses(smollm2, fewglue, tmp_
 def test_the_screen_ranks_multirc_by_f1a(tiny_gpt2, fewglue):
     """MultiRC's options are mostly wrong, so accuracy would favour words that always say no; dev selects by F1a,
     and so does the screen."""
-    from autoplace.search.screen import screen
-    from autoplace.search.space import default_space_path, load_space
+    from autoplace.study.screen import screen
+    from autoplace.study.space import default_space_path, load_space
     space = load_space(default_space_path("multirc"))
     space.screen_examples, space.budget = 12, dataclasses.replace(space.budget, max_length=64)
     task = get_task("multirc")
@@ -228,7 +229,7 @@ def test_the_screen_ranks_multirc_by_f1a(tiny_gpt2, fewglue):
 def test_the_built_in_spaces_are_found_from_a_plain_checkout_too(monkeypatch):
     """Installed (or editable), the spaces come from the package; a checkout on PYTHONPATH has them beside it."""
     import importlib.resources
-    from autoplace.search import space
+    from autoplace.study import space
     assert (space.shipped_spaces() / "copa.yaml").is_file()
 
     def not_installed(name):
@@ -239,7 +240,7 @@ def test_the_built_in_spaces_are_found_from_a_plain_checkout_too(monkeypatch):
 
 def test_cross_validation_folds_keep_the_columns_scoring_needs(fewglue):
     """MultiRC's folds keep question_id (exact match groups by it); a choice task's keep its candidates."""
-    from autoplace.search.select import fold_tasks
+    from autoplace.study.winner import fold_tasks
     for name, needed in (("multirc", "question_id"), ("copa", "choice2")):
         folds = fold_tasks(get_task(name), str(fewglue), 2, 0)
         held = folds[0].load_split("dev", str(fewglue))
@@ -249,8 +250,8 @@ def test_cross_validation_folds_keep_the_columns_scoring_needs(fewglue):
 def test_multirc_folds_and_screen_subsets_keep_whole_questions(fewglue):
     """Exact match needs every option of a question: folds and screen subsets split between questions, never
     inside one, and a train and a dev question are never merged by a shared id."""
-    from autoplace.search.screen import _subset
-    from autoplace.search.select import fold_tasks
+    from autoplace.study.screen import _subset
+    from autoplace.study.winner import fold_tasks
     task = get_task("multirc")
     pooled = {split: task.load_split(split, str(fewglue)) for split in ("train", "dev")}
     sizes = {f"{split}/{q}": n for split, part in pooled.items()

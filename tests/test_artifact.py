@@ -5,10 +5,11 @@ import torch
 
 from autoplace import artifact
 from autoplace.errors import AutoplaceError
-from autoplace.pipeline import PromptConfig
+from autoplace.config import PromptConfig
 from autoplace.runner import export, fit, load, metadata, prepare
 from autoplace.tasks import get_task
-from autoplace.trainer import TrainConfig, predict
+from autoplace.config import TrainConfig
+from autoplace.inference import predict
 
 
 @pytest.fixture

@@ -111,10 +111,10 @@ def test_smollm2_end_to_end_on_fewglue_cb(fewglue, tmp_path):
 
 def test_cli_choices_are_the_ones_the_code_accepts():
     """The CLI spells its choices out (importing torch/optuna for them would slow `--help`); they must not drift."""
-    from autoplace.backbones import PRECISIONS
+    from autoplace.config import PRECISIONS
     from autoplace.cli import build_parser
-    from autoplace.prompt_encoders import ENCODERS, INITS
-    from autoplace.search.study import PRUNERS
+    from autoplace.config import ENCODERS, INITS
+    from autoplace.config import PRUNERS
     commands = build_parser()._subparsers._group_actions[0].choices
     choices = {(name, a.dest): set(a.choices) for name, p in commands.items() for a in p._actions if a.choices}
     assert choices[("train", "precision")] == choices[("search", "precision")] == set(PRECISIONS)

@@ -6,8 +6,8 @@ import optuna
 import pytest
 
 from autoplace.cli import main
-from autoplace.search.derive import skeleton_of
-from autoplace.search.space import default_space_path
+from autoplace.study.derive import skeleton_of
+from autoplace.study.space import default_space_path
 from conftest import synthetic_rows, write_jsonl
 
 FAST = ["--model", "tiny-gpt2", "--n-trials", "5", "--steps", "2", "--eval-every", "1", "--pruner", "none"]

@@ -106,7 +106,7 @@ def search_cmd(task, space_file, out, storage, name, n_trials, *extra):
 
 
 def storage_of(url):
-    from autoplace.search.storage import open_storage
+    from autoplace.study.storage import open_storage
     return open_storage(url)
 
 
@@ -289,7 +289,7 @@ def test_interrupt_mid_trial_requeues_it_and_a_rerun_finishes_exactly_n(sig, sta
 def test_blown_up_trials_fail_alone_and_the_study_goes_on(monkeypatch, capsys, toy_task_file, tmp_path):
     """Injected faults: a NaN loss (real, through the trainer), a CUDA OOM and a bug each fail one trial."""
     from autoplace.model import PromptedModel
-    from autoplace.search import worker
+    from autoplace.study import worker
     real_score, real_fit = PromptedModel.score, worker.fit
     plan = {1: "nan", 2: "oom", 3: "bug"}
     current = {}
@@ -325,7 +325,7 @@ def test_blown_up_trials_fail_alone_and_the_study_goes_on(monkeypatch, capsys, t
 
 
 def test_every_trial_failing_alike_stops_with_one_line(monkeypatch, capsys, toy_task_file, tmp_path):
-    from autoplace.search import worker
+    from autoplace.study import worker
 
     def broken(*args, **kwargs):
         raise RuntimeError("backbone exploded")
@@ -341,7 +341,7 @@ def test_every_trial_failing_alike_stops_with_one_line(monkeypatch, capsys, toy_
 
 def test_every_sampled_trial_failing_alike_stops_even_when_the_references_succeed(monkeypatch, capsys, toy_task_file,
                                                                                   tmp_path):
-    from autoplace.search import worker
+    from autoplace.study import worker
     real_fit, fits = worker.fit, []
 
     def fails_after_the_references(run, cfg, callback=None, progress=None):
@@ -512,7 +512,7 @@ def test_storage_calls_wait_out_a_lost_connection_then_give_up_in_one_line(capsy
     """The retry itself, without a server: a lost connection (even wrapped by Optuna, or hidden behind SQLAlchemy's
     PendingRollbackError) is retried until it answers; a bad query is not; past the patience, one line."""
     import sqlalchemy.exc
-    from autoplace.search.storage import StorageGone, patiently
+    from autoplace.study.storage import StorageGone, patiently
     lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
     answers = [lost, optuna.exceptions.StorageInternalError("commit failed"), "answer"]
     answers[1].__cause__ = lost
@@ -545,7 +545,7 @@ def test_storage_calls_wait_out_a_lost_connection_then_give_up_in_one_line(capsy
 def test_a_trial_claimed_but_never_signed_is_queued_again_after_the_grace_period(tmp_path, capsys):
     """The database went away between a claim's two writes (RUNNING, then the owner): no owner, no heartbeat, so
     neither the owner check nor Optuna's heartbeat sees it; past the grace period it is queued again."""
-    from autoplace.search.lifecycle import claim, reclaim_orphans
+    from autoplace.study.storage import claim, reclaim_orphans
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/study.db", heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(storage=storage, study_name="unsigned")
     study.enqueue_trial({})
@@ -567,8 +567,8 @@ def test_a_dead_workers_trial_is_failed_and_retried_once(monkeypatch, tmp_path, 
     """Heartbeat retry, without a search: a trial owned by a process on this host that is gone is failed and queued
     again at once; one owned by another host once its heartbeat is older than the grace period (the storage that
     open_storage makes retries it). Each retry names the trial it replaces and keeps its parameters."""
-    from autoplace.search import storage as storage_module
-    from autoplace.search.lifecycle import OWNER_ATTR, claim, reclaim_orphans
+    from autoplace.study import storage as storage_module
+    from autoplace.study.storage import OWNER_ATTR, claim, reclaim_orphans
     monkeypatch.setattr(storage_module, "HEARTBEAT_SECONDS", 1)  # stale after 2 s without a heartbeat
     storage = storage_module.open_storage(f"sqlite:///{tmp_path}/study.db")
     study = optuna.create_study(storage=storage, study_name="dead")

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from autoplace.cli import _read_jsonl, main
 from autoplace.errors import AutoplaceError
-from autoplace.search.space import load_space
+from autoplace.study.space import load_space
 from autoplace.tasks import get_task
 from autoplace.tasks.base import load_file
 from autoplace.tasks.custom import load_task_file

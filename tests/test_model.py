@@ -6,9 +6,12 @@ import torch
 
 from autoplace.featurize import NO_SLOT, collate
 from autoplace.errors import AutoplaceError
-from autoplace.pipeline import PromptConfig, build
+from autoplace.config import PromptConfig
+from autoplace.pipeline import build
 from autoplace.tasks import get_task
-from autoplace.trainer import TrainConfig, dev_steps, evaluate, predict, train
+from autoplace.config import TrainConfig
+from autoplace.inference import evaluate, predict
+from autoplace.trainer import dev_steps, train
 
 EXAMPLE = {"sentence": "the movie was good", "label": "pos"}
 
@@ -236,10 +239,11 @@ def test_dev_selects_the_kept_prompt_when_dev_rises_then_falls(tiny_gpt2, toy_ta
     """Dev selects: with dev scores that rise and then fall, training keeps the prompt of the best dev step (not the
     last one), reports that step and its score, and a calibrated prompt divides by the content-free prior of the
     prompt it kept. The dev scores are scripted; the prompt is really trained, and snapshotted at every dev step."""
-    from autoplace import calibration, trainer
+    from autoplace import trainer
+    from autoplace.inference import refresh_calibration
     task, feat, model = _build(toy_task_file, tiny_gpt2, "[P:2] {sentence} It was [P:2] [MASK]", encoder="mlp",
                                calibrate=calibrate)
-    calibration.refresh(model)
+    refresh_calibration(model)
     items = feat.encode_all(task.load_split("train"))
     scripted, snapshots = iter(DEV_SCORES), []
 

@@ -6,10 +6,10 @@ import torch
 
 from autoplace.featurize import collate
 from autoplace.errors import AutoplaceError
-from autoplace.pipeline import PromptConfig
+from autoplace.config import PromptConfig
 from autoplace.runner import fit, prepare
 from autoplace.tasks import get_task
-from autoplace.trainer import TrainConfig
+from autoplace.config import TrainConfig
 
 peft = pytest.importorskip("peft")
 from autoplace.peft_export import export_peft  # noqa: E402

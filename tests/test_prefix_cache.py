@@ -4,10 +4,13 @@ import torch
 
 from autoplace.backbones import load_backbone
 from autoplace.featurize import collate
-from autoplace.pipeline import PromptConfig, build
+from autoplace.config import PromptConfig
+from autoplace.pipeline import build
 from autoplace.prefix_cache import PrefixCache, first_slot
 from autoplace.tasks import get_task
-from autoplace.trainer import TrainConfig, predict, train
+from autoplace.config import TrainConfig
+from autoplace.inference import predict
+from autoplace.trainer import train
 
 # prefixes of different lengths in one batch, an empty one among them (its first token is a slot)
 SENTENCES = ["the movie was good", "a much longer sentence than the other one, with a clause or two in it", "bad",

@@ -6,10 +6,10 @@ import pytest
 from optuna.trial import TrialState
 
 from autoplace.cli import main
-from autoplace.search.space import load_space
+from autoplace.study.space import load_space
 from autoplace.tasks import get_task
-from autoplace.search.study import make_pruner
-from autoplace.search.worker import keep_going
+from autoplace.study.opening import make_pruner
+from autoplace.study.worker import keep_going
 from conftest import REPO
 
 GOOD_LR_SPACE = """
@@ -73,7 +73,7 @@ def test_a_hopeless_trial_is_pruned(monkeypatch, capsys, caplog, toy_task_file, 
     """The references train normally; every sampled trial scores 0 on dev at each evaluation, so it falls below the
     median of the trials before it at the same step (median), or its dev curve lies below the best trial's step by
     step (wilcoxon), and it is stopped before its last step."""
-    from autoplace.search import worker
+    from autoplace.study import worker
     real_fit, fits = worker.fit, []
 
     def hopeless_after_the_references(run, cfg, callback=None, progress=None):
@@ -125,9 +125,9 @@ def test_every_worker_runs_the_task_it_was_given(toy_task_file, space_file, tmp_
     """An in-process caller (a benchmark on a subset) passes its own Task: with 2 workers, every trial and the
     winner must use it, not the task its name resolves to."""
     import dataclasses
-    from autoplace.search.run import search as run_search
-    from autoplace.search.storage import default_url
-    from autoplace.search.study import SearchConfig
+    from autoplace.study.run import search as run_search
+    from autoplace.study.storage import default_url
+    from autoplace.config import SearchConfig
     given = dataclasses.replace(get_task(str(toy_task_file)), name="the-given-task")
     out = tmp_path / "s"
     cfg = SearchConfig(task=str(toy_task_file), space=str(space_file), out=str(out), storage=default_url(out),
@@ -166,7 +166,7 @@ def test_export_then_train_from_it_then_eval(capsys, toy_task_file, space_file, 
 
 
 def test_test_split_is_read_only_after_the_search(monkeypatch, capsys, toy_task_file, space_file, tmp_path):
-    from autoplace.search import run as search_run
+    from autoplace.study import run as search_run
     from autoplace.tasks.base import Task
     events = []
     original_load, original_choose = Task.load_split, search_run.choose_winner
@@ -324,7 +324,7 @@ def test_a_small_search_says_which_references_it_dropped_and_why_importances_are
 
 
 def test_importances_cover_only_the_parameters_that_varied(capsys, toy_task_file, space_file, tmp_path):
-    from autoplace.search.report import param_importances
+    from autoplace.study.report import param_importances
     out = tmp_path / "s"
     assert search(toy_task_file, space_file, out, "--n-trials", "4") == 0  # the references: lr never varies
     importances, why = param_importances(study_of(out))
@@ -355,8 +355,9 @@ def test_a_new_study_queues_the_references_first_then_exactly_n_trials(space_fil
     """The process that creates a study enqueues the reference placements first, then fills the queue up to
     --n-trials; a worker joining it (or the same command again) adds nothing, and a larger budget tops it up."""
     from types import SimpleNamespace
-    from autoplace.search.storage import default_url
-    from autoplace.search.study import SearchConfig, open_study
+    from autoplace.study.storage import default_url
+    from autoplace.config import SearchConfig
+    from autoplace.study.opening import open_study
     cfg = SearchConfig(task="toy", space=str(space_file), out=str(tmp_path), storage=default_url(tmp_path),
                        study_name="queue", model="tiny-gpt2", n_trials=6, progress=False)
     objective = SimpleNamespace(space=load_space(space_file), backbone=SimpleNamespace(causal=True), task=None)
@@ -371,8 +372,9 @@ def test_a_new_study_queues_the_references_first_then_exactly_n_trials(space_fil
 
 def test_patience_is_a_space_key_that_the_command_line_overrides_and_every_trial_trains_with(tmp_path, toy_task_file,
                                                                                              capsys):
-    from autoplace.plan import Plan, configs
-    from autoplace.search.study import SearchConfig, effective_budget
+    from autoplace.config import Plan, configs
+    from autoplace.config import SearchConfig
+    from autoplace.study.opening import effective_budget
     space = tmp_path / "space.yaml"
     space.write_text('skeleton: "<start> {sentence} It was [MASK]"\nencoder: [mlp]\n'
                      "reference: {total_length: 4, lr: 0.05, encoder: mlp, init: vocab}\n"
@@ -397,8 +399,9 @@ def test_patience_is_a_space_key_that_the_command_line_overrides_and_every_trial
 def test_eval_examples_is_a_space_key_that_the_command_line_overrides_and_trials_evaluate_with(tmp_path, toy_task_file):
     """budget.eval_examples: each trial's evaluations during training score that many dev examples; the trial's value
     is its kept prompt on all of dev. --eval-examples overrides the space, 0 meaning all of dev."""
-    from autoplace.plan import Plan, configs
-    from autoplace.search.study import SearchConfig, effective_budget
+    from autoplace.config import Plan, configs
+    from autoplace.config import SearchConfig
+    from autoplace.study.opening import effective_budget
     space = tmp_path / "space.yaml"
     space.write_text('skeleton: "<start> {sentence} It was [MASK]"\nencoder: [mlp]\n'
                      "reference: {total_length: 4, lr: 0.05, encoder: mlp, init: vocab}\n"

@@ -5,9 +5,12 @@ import torch
 
 from autoplace.featurize import collate
 from autoplace.errors import AutoplaceError
-from autoplace.pipeline import PromptConfig, build
+from autoplace.config import PromptConfig
+from autoplace.pipeline import build
 from autoplace.tasks import get_task
-from autoplace.trainer import TrainConfig, evaluate, train
+from autoplace.config import TrainConfig
+from autoplace.inference import evaluate
+from autoplace.trainer import train
 from conftest import SHARED_DATA, write_jsonl
 
 

@@ -9,12 +9,13 @@ import torch
 
 from autoplace.calibration import apply
 from autoplace.cli import main
-from autoplace.pipeline import PromptConfig
+from autoplace.config import PromptConfig
 from autoplace.runner import export, fit, prepare
-from autoplace.search.screen import screen
-from autoplace.search.space import load_space
+from autoplace.study.screen import screen
+from autoplace.study.space import load_space
 from autoplace.tasks import get_task
-from autoplace.trainer import TrainConfig, evaluate, predict
+from autoplace.config import TrainConfig
+from autoplace.inference import evaluate, predict
 from conftest import write_jsonl
 
 WORDS_SPACE = """
@@ -167,7 +168,7 @@ def test_a_search_over_words_and_places_runs_screen_study_export_predict(words_s
 
 def test_bootstrap_interval_and_ties_as_computed_by_hand():
     from types import SimpleNamespace
-    from autoplace.search.select import bootstrap_interval, tied_with
+    from autoplace.study.winner import bootstrap_interval, tied_with
     assert bootstrap_interval([True] * 20) == (1.0, 1.0)
     lo, hi = bootstrap_interval([True, False] * 16)
     assert 0.33 < lo < 0.45 and 0.55 < hi < 0.67  # ±1.645 standard errors of 0.5 over 32 examples is ±0.145
@@ -176,7 +177,7 @@ def test_bootstrap_interval_and_ties_as_computed_by_hand():
 
 
 def test_folds_partition_train_and_dev_and_never_hold_test(toy_task_file):
-    from autoplace.search.select import fold_tasks
+    from autoplace.study.winner import fold_tasks
     task = get_task(str(toy_task_file))
     folds = fold_tasks(task, None, 4, seed=0)
     held = [fold.load_split("dev") for fold in folds]
@@ -191,8 +192,8 @@ def test_folds_partition_train_and_dev_and_never_hold_test(toy_task_file):
 
 def test_select_cv_picks_the_best_mean_over_folds_not_the_best_dev(monkeypatch, toy_task_file, tmp_path, capsys):
     """Fold scores set by hand: the second-best trial on dev has the best mean over folds, so it must win."""
-    from autoplace.search import run as search_run
-    real_retrain, calls = search_run.retrain, []
+    from autoplace.study import winner
+    real_retrain, calls = winner.retrain, []
     space = tmp_path / "space.yaml"
     space.write_text('skeleton: "<start> {sentence} <after:sentence> It was <before:answer> [MASK]"\n'
                      "slots: {min: 1, max: 1}\nlength: {min: 2, max: 2}\nencoder: [none]\n"
@@ -209,7 +210,7 @@ def test_select_cv_picks_the_best_mean_over_folds_not_the_best_dev(monkeypatch, 
         rank = order.setdefault(trial.number, len(order))  # candidates come best-dev first
         return None, None, [0.5, 0.9, 0.1][rank]
 
-    monkeypatch.setattr(search_run, "retrain", fake_fold_scores)
+    monkeypatch.setattr(winner, "retrain", fake_fold_scores)
     out = tmp_path / "s"
     assert main(["search", "--task", str(toy_task_file), "--space", str(space), "--model", "tiny-gpt2",
                  "--n-trials", "5", "--pruner", "none", "--select", "cv", "--confirm-top", "2", "--folds", "3",
@@ -273,7 +274,7 @@ def test_search_with_an_ensemble_exports_one_artifact_that_eval_predict_and_trai
 
 def test_with_one_screened_candidate_the_references_use_its_phrasing(words_space, toy_task_file):
     """screen.keep 1 may keep the second phrasing: the placement references must then be written in its places."""
-    from autoplace.search.space import Words
+    from autoplace.study.space import Words
     space = load_space(words_space)
     space.words = {"t1.v0.raw": Words("t1.v0.raw", 1, {"pos": " yes", "neg": " no"}, False)}
     refs = dict(space.references(causal=True))

@@ -1,5 +1,6 @@
 """Reading a study back: its trials, their stored prompts (downloaded from the study's artifact store and checked),
-and a trial rebuilt as a ready prompt. Used by export, report and the search's own winner."""
+a trial rebuilt as a ready prompt, and an ensemble artifact made of stored prompts. Used by export, report and the
+search's own winner."""
 from __future__ import annotations
 
 import tempfile
@@ -9,11 +10,11 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import TrialState
 
-from .. import artifact
+from .. import artifact, ensemble
 from ..errors import AutoplaceError
 from ..runner import PromptRun, load, rebuild
 from .storage import open_storage, redact
-from .study import ARTIFACT_ATTR
+from .opening import ARTIFACT_ATTR
 
 
 def trial_files(study: optuna.Study, trial: optuna.trial.FrozenTrial, folder: Path,
@@ -70,3 +71,17 @@ def load_existing(storage: str, study_name: str) -> optuna.Study:
         raise AutoplaceError(f"storage {redact(storage)!r} has no study {study_name!r} "
                              f"(it has: {', '.join(names) or 'none'})")
     return optuna.load_study(storage=store, study_name=study_name)
+
+
+def ensemble_from_trials(study, trials: list, out_dir: str | Path, artifacts: str | None, extra: dict) -> Path:
+    """An ensemble artifact of some completed trials, from their stored prompts: no retraining."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = []
+        for i, trial in enumerate(trials):
+            files = trial_files(study, trial, Path(tmp) / f"dl{i}", artifacts)
+            folders.append(artifact.install(files, Path(tmp) / ensemble.MEMBER.format(i)))
+        first = artifact.read_meta(folders[0])
+        meta = {"template": " | ".join(artifact.read_meta(f)["template"] for f in folders), "task": first["task"],
+                "task_file": first.get("task_file"), "model": first["model"], "backbone": first.get("backbone"),
+                "precision": first.get("precision"), "trials": [t.number for t in trials], **extra}
+        return ensemble.save(out_dir, folders, meta)

@@ -27,7 +27,7 @@ from ..errors import AutoplaceError
 from ..model import PromptedModel
 from ..pipeline import parse_for
 from ..template import TemplateError
-from ..trainer import predict
+from ..inference import predict
 from .space import SearchSpace, Words
 
 

@@ -1,7 +1,10 @@
-"""A worker: loads the backbone once, then claims and runs trials until the study's budget is spent."""
+"""A worker: loads the backbone once, then claims and runs trials until the study's budget is spent; Ctrl-C or
+SIGTERM puts its running trial back in the queue."""
 from __future__ import annotations
 
+import signal
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -14,16 +17,35 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from .. import artifact
 from ..backbones import load_backbone
 from ..errors import AutoplaceError
-from ..plan import configs
+from ..config import SearchConfig, configs
 from ..runner import export, fit, metadata, prepare
 from ..tasks import get_task
 from ..template import parse, placement_class
 from ..trainer import NonFiniteLoss, dev_steps
-from .lifecycle import Heartbeat, Interrupted, claim, raise_on_sigterm, reclaim_orphans, requeue, wait_for_stale
 from .progress import Progress
 from .space import load_space
-from .storage import StorageGone
-from .study import ARTIFACT_ATTR, SearchConfig, device_for, effective_budget, open_study
+from .opening import ARTIFACT_ATTR, device_for, effective_budget, open_study
+from .storage import Heartbeat, StorageGone, claim, reclaim_orphans, requeue, tell, wait_for_stale
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached a worker; the message says what became of its trial."""
+
+    def __init__(self, signal_name: str, message: str = ""):
+        super().__init__(message or f"interrupted ({signal_name})")
+        self.signal_name = signal_name
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + (signal.SIGTERM if self.signal_name == "SIGTERM" else signal.SIGINT)
+
+
+def raise_on_sigterm() -> None:
+    """A cluster scheduler stops jobs with SIGTERM: treat it like Ctrl-C, so the running trial is put back."""
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum, frame):
+            raise Interrupted("SIGTERM")
+        signal.signal(signal.SIGTERM, handler)
 
 
 class Objective:
@@ -106,7 +128,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) ->
         raise
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the trial goes back to the queue before we exit
         signal_name = getattr(exc, "signal_name", "SIGINT")
-        fate = ("was marked failed and queued again" if requeue(study, trial._trial_id, f"interrupted by {signal_name}")
+        fate = ("was marked failed and queued again" if requeue(study, trial, f"interrupted by {signal_name}")
                 else "had already finished")
         raise Interrupted(signal_name, f"interrupted ({signal_name}): trial {trial.number} {fate}; "
                                        "run the same command again to resume") from None
@@ -129,17 +151,6 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) ->
     except optuna.exceptions.UpdateFinishedTrialError:  # failed by another worker meanwhile (a stale heartbeat)
         return "fail", f"trial {trial.number} was taken over by another worker"
     return state.name.lower(), attrs.get("reason")
-
-
-def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, state: TrialState | None = None):
-    """study.tell; a trial that another worker has finished meanwhile (it found the heartbeat stale, as after a
-    database outage) raises UpdateFinishedTrialError, like every other write to it, not Optuna's ValueError."""
-    try:
-        study.tell(trial, value, state)
-    except ValueError:
-        if study._storage.get_trial(trial._trial_id).state.is_finished():
-            raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} is already finished") from None
-        raise
 
 
 def work(cfg: SearchConfig, worker: int = 0, task=None, objective: Objective | None = None) -> dict:

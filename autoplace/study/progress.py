@@ -13,6 +13,8 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from .storage import stored_trial
+
 
 class Progress:
     def __init__(self, study: optuna.Study, worker: int, show: bool | None):
@@ -36,7 +38,7 @@ class Progress:
             tqdm.write(self.line(study, trial, state, reason, seconds, finished), file=sys.stderr)
 
     def line(self, study, trial, state: str, reason: str | None, seconds: float, finished: list) -> str:
-        frozen = study._storage.get_trial(trial._trial_id)
+        frozen = stored_trial(study, trial)
         attrs = frozen.user_attrs
         if state == "complete":
             what = f"dev {_metrics(attrs.get('dev'))}"

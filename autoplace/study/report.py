@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from .study import counts
+from .storage import counts
 
 PLACEMENTS = ("none", "start-only", "middle-only", "end-only", "mixed")
 

@@ -8,10 +8,13 @@ does not pay for 256 tokens. The task's own template and words come first, the m
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 
 import numpy as np
 import yaml
 
+from ..config import (DERIVED_EVAL_EXAMPLES, DERIVED_MAX_LENGTH, ENCODERS, INITS, SPACE_LENGTH, SPACE_LR,
+                      SPACE_SLOTS, Budget, Reference)
 from ..errors import AutoplaceError
 from ..template import Field, Mask, Slot, Text, parse, render
 
@@ -60,9 +63,6 @@ def _lead_in(text: str) -> list[str]:
     return [head, " <before:answer> ", lead] if head.strip() else [text, " <before:answer> "]
 
 
-EVAL_EXAMPLES = 256  # evaluations during a trial score at most 256 dev examples, the kept prompt all of them
-
-
 def budget_length(task, tokenizer, data_dir: str | None, template: str) -> int:
     """Input tokens per example: the train split's 95th percentile with this template, plus room for prompts,
     rounded up to a multiple of 16."""
@@ -76,13 +76,15 @@ def budget_length(task, tokenizer, data_dir: str | None, template: str) -> int:
 def derived_space(task, tokenizer=None, data_dir: str | None = None) -> str:
     """The space as commented YAML, ready to save, edit and pass back with --space."""
     skeleton = skeleton_of(task.template, task.name)
-    length = budget_length(task, tokenizer, data_dir, task.template) if tokenizer is not None else 256
-    spec = {"task": task.name, "templates": [skeleton], "slots": {"min": 1, "max": 3},
-            "length": {"min": 2, "max": 8}, "init": ["vocab", "random"], "encoder": ["lstm", "mlp", "none"],
-            "lr": {"low": 1.0e-4, "high": 3.0e-2, "log": True},
-            "budget": {"steps": 100, "eval_every": 10, "batch_size": 8, "max_length": length,
-                       "eval_examples": EVAL_EXAMPLES},
-            "reference": {"total_length": 6, "lr": 3.0e-3, "encoder": "lstm", "init": "vocab"}}
+    length = (budget_length(task, tokenizer, data_dir, task.template) if tokenizer is not None
+              else DERIVED_MAX_LENGTH)
+    budget = Budget()
+    spec = {"task": task.name, "templates": [skeleton], "slots": dict(zip(("min", "max"), SPACE_SLOTS)),
+            "length": dict(zip(("min", "max"), SPACE_LENGTH)), "init": list(INITS), "encoder": list(ENCODERS),
+            "lr": {"low": SPACE_LR[0], "high": SPACE_LR[1], "log": True},
+            "budget": {"steps": budget.steps, "eval_every": budget.eval_every, "batch_size": budget.batch_size,
+                       "max_length": length, "eval_examples": DERIVED_EVAL_EXAMPLES},
+            "reference": asdict(Reference())}
     if task.kind.needs_verbalizer:
         spec["verbalizers"] = [dict(task.verbalizer)]
         spec["calibrate"] = ["none", "content_free"]
@@ -91,6 +93,6 @@ def derived_space(task, tokenizer=None, data_dir: str | None = None) -> str:
               "# answer, <end> after [MASK] (masked LMs only). Add phrasings under `templates:` and label words under\n"
               "# `verbalizers:` (or `auto`); the first of each is the task's own. max_length: the train split's 95th\n"
               "# percentile of tokens with this template, plus room for prompts. eval_examples: a larger dev split is\n"
-              "# scored on a fixed 256 of its examples during a trial, and all of it for the kept prompt. Schema:\n"
+              f"# scored on a fixed {DERIVED_EVAL_EXAMPLES} of its examples during a trial, and all of it for the kept prompt. Schema:\n"
               "# search_spaces/README.md.\n")
     return header + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=120)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from .. import outdir
+from ..config import PRUNERS, SEARCH_OUT, SearchConfig
 from ..errors import AutoplaceError
 
 
@@ -18,18 +19,19 @@ def _count(what: str):
     return parse
 
 
-def add_commands(sub, common, positive, out_args) -> None:
+def add_commands(sub, common, positive, out_args, tasks_help: str) -> None:
+    d = SearchConfig  # every default below is config.py's
     p = sub.add_parser("search", help="search where prompt slots go (Optuna study)")
-    p.add_argument("--task", required=True, help="rte|nli, cb, boolq, mr|sentiment, or a task .yaml")
+    p.add_argument("--task", required=True, help=tasks_help)
     p.add_argument("--space", default=None, help="search-space YAML (default: search_spaces/<family>.yaml)")
-    p.add_argument("--n-trials", type=positive(int), default=30, help="trials in the study, references included")
+    p.add_argument("--n-trials", type=positive(int), default=d.n_trials, help="trials in the study, references included")
     p.add_argument("--timeout", type=positive(float), default=None, help="seconds before workers stop claiming trials")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pruner", choices=["sha", "median", "hyperband", "wilcoxon", "none"], default="sha")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--pruner", choices=PRUNERS, default=d.pruner)
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/study.db)")
     p.add_argument("--study-name", default=None, help="default: autoplace-<task>")
-    p.add_argument("--workers", type=positive(int), default=1, help="worker processes on this machine")
-    p.add_argument("--storage-patience", type=positive(float), default=300.0,
+    p.add_argument("--workers", type=positive(int), default=d.workers, help="worker processes on this machine")
+    p.add_argument("--storage-patience", type=positive(float), default=d.storage_patience,
                    help="seconds workers wait for a database server that stops answering before they stop "
                         "(the same command again resumes)")
     p.add_argument("--devices", default=None, help="comma-separated devices to pin workers to, e.g. cuda:0,cuda:1")
@@ -44,15 +46,15 @@ def add_commands(sub, common, positive, out_args) -> None:
     p.add_argument("--eval-examples", type=_count("examples"), metavar="N", default=None,
                    help="score N dev examples (a fixed choice) at each evaluation during a trial, and the kept "
                         "prompt on all of dev; 0: all of dev each time (default: the space's budget.eval_examples)")
-    p.add_argument("--confirm-top", type=int, default=0, help="retrain the k best templates over several seeds")
-    p.add_argument("--confirm-seeds", type=positive(int), default=3)
-    p.add_argument("--select", choices=["dev", "cv"], default="dev",
+    p.add_argument("--confirm-top", type=int, default=d.confirm_top, help="retrain the k best templates over several seeds")
+    p.add_argument("--confirm-seeds", type=positive(int), default=d.confirm_seeds)
+    p.add_argument("--select", choices=["dev", "cv"], default=d.select,
                    help="cv: judge the top templates (--confirm-top, default 3) by k-fold over train and dev")
-    p.add_argument("--folds", type=positive(int), default=4, help="folds for --select cv")
+    p.add_argument("--folds", type=positive(int), default=d.folds, help="folds for --select cv")
     p.add_argument("--quiet", action="store_true", help="no line per finished trial, no progress bar")
-    p.add_argument("--ensemble", type=positive(int), default=1,
+    p.add_argument("--ensemble", type=positive(int), default=d.ensemble,
                    help="k > 1: OUT/best averages the top k templates' calibrated probabilities (as PET does)")
-    out_args(p, overwrite=False, default="runs/search",
+    out_args(p, overwrite=False, default=SEARCH_OUT,
              help="folder for the study, best/, report.md (new or empty; the same command again resumes it)")
     p.add_argument("--artifacts", default=None, help="where trial prompts are stored (default OUT/artifacts; "
                                                      "a shared folder when several machines join one study)")
@@ -63,7 +65,7 @@ def add_commands(sub, common, positive, out_args) -> None:
     _study_args(p, out_args, "artifact (or adapter) folder to write")
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
     p.add_argument("--format", choices=["autoplace", "peft"], default="autoplace")
-    p.add_argument("--ensemble", type=positive(int), default=1,
+    p.add_argument("--ensemble", type=positive(int), default=d.ensemble,
                    help="k > 1: one artifact of the k best distinct templates, answering together")
     p.set_defaults(handler=cmd_export)
 
@@ -74,8 +76,8 @@ def add_commands(sub, common, positive, out_args) -> None:
     p = sub.add_parser("dashboard", help="browse a search's study in optuna-dashboard")
     p.add_argument("out", type=os.path.expanduser, metavar="OUT", help="the search folder")
     p.add_argument("--storage", default=None, help="the search's storage URL (default: sqlite:///OUT/study.db)")
-    p.add_argument("--port", type=int, default=8080, help="default 8080; 0 picks a free port")
-    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 is this machine only")
     p.set_defaults(handler=cmd_dashboard)
 
 
@@ -109,15 +111,15 @@ def cmd_export(args) -> None:
     outdir.check(args.out, "peft" if args.format == "peft" else "artifact", args.overwrite)
     study = _open_study(args)
     if args.ensemble > 1:
-        from .. import ensemble
-        from .run import ranked_trials, top_distinct
+        from .trials import ensemble_from_trials
+        from .winner import ranked_trials, top_distinct
         members = top_distinct(ranked_trials(study), args.ensemble)
         if args.format == "peft":
             raise AutoplaceError("--ensemble: a PEFT adapter holds one prompt; export the members one by one")
         if len(members) < args.ensemble:
             raise AutoplaceError(f"--ensemble {args.ensemble}: the study has only {len(members)} distinct completed "
                                  "trial(s)")
-        out = ensemble.from_trials(study, members, args.out, args.artifacts, {"dev": None})
+        out = ensemble_from_trials(study, members, args.out, args.artifacts, {"dev": None})
         print(json.dumps({"out": str(out), "trials": [t.number for t in members], "format": "ensemble"}))
         return
     trial = pick_trial(study, args.trial)

@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..prompt_encoders import ENCODERS, INITS
 from ..errors import AutoplaceError
-from ..plan import Budget, Plan
+from ..config import (AUTO_WORD_SETS, AUTO_WORDS_PER_CLASS, SCREEN_EXAMPLES, SCREEN_KEEP, SPACE_LENGTH, SPACE_LR,
+                      SPACE_SLOTS, ENCODERS, INITS, Budget, Plan, Reference)
 from ..template import Mask, TemplateError, parse, placement_class, unescape, validate
 
 MARKER = re.compile(r"<([A-Za-z][A-Za-z0-9_:\-]*)>")
@@ -24,14 +24,6 @@ FAMILY = {"rte": "nli", "nli": "nli", "cb": "cb", "boolq": "boolq", "mr": "senti
           "copa": "copa", "wic": "wic", "wsc": "wsc", "multirc": "multirc"}
 REFERENCE_CLASSES = ("start-only", "middle-only", "end-only", "mixed")
 CALIBRATIONS = ("none", "content_free")
-
-
-@dataclass
-class Reference:
-    total_length: int = 6
-    lr: float = 3e-3
-    encoder: str = "lstm"
-    init: str = "vocab"
 
 
 @dataclass(frozen=True)
@@ -76,21 +68,21 @@ class Words:
 class SearchSpace:
     path: str
     skeletons: list[Skeleton]
-    slots: tuple[int, int] = (1, 3)
-    length: tuple[int, int] = (2, 8)
+    slots: tuple[int, int] = SPACE_SLOTS
+    length: tuple[int, int] = SPACE_LENGTH
     inits: list[str] = field(default_factory=lambda: list(INITS))
     encoders: list[str] = field(default_factory=lambda: list(ENCODERS))
-    lr: tuple[float, float, bool] = (1e-4, 3e-2, True)
+    lr: tuple[float, float, bool] = (*SPACE_LR, True)
     budget: Budget = field(default_factory=Budget)
     reference: Reference = field(default_factory=Reference)
     task: str | None = None
     verbalizers: list[dict] | None = None   # candidate label -> word maps; None: the task's own only
     auto_verbalizers: bool = False          # add LM-BFF-style automatic label words (screen.py)
     calibrations: tuple[str, ...] = ("none",)
-    screen_keep: int = 4                    # screened candidates that become the study's `words` choice
-    screen_examples: int = 256              # at most this many train (and dev) examples in the screen
-    auto_k: int = 5                         # automatic label words: candidates per class ...
-    auto_n: int = 3                         # ... and combinations kept
+    screen_keep: int = SCREEN_KEEP          # screened candidates that become the study's `words` choice
+    screen_examples: int = SCREEN_EXAMPLES  # at most this many train (and dev) examples in the screen
+    auto_k: int = AUTO_WORDS_PER_CLASS      # automatic label words: candidates per class ...
+    auto_n: int = AUTO_WORD_SETS            # ... and combinations kept
     words: dict[str, Words] = field(default_factory=dict)  # the screen's survivors, best first (set per study)
 
     # -- the first skeleton, the manual default ----------------------------------------------------------------
@@ -267,8 +259,8 @@ def _section(spec: dict, key: str, cls):
 KNOWN_KEYS = {"task", "skeleton", "templates", "places", "slots", "length", "init", "encoder", "lr", "budget",
               "reference", "description", "verbalizers", "calibrate", "screen", "auto_verbalizer"}
 ZERO_MEANS_OFF = {"patience", "eval_examples"}  # budget keys for which 0 means "not used"
-SCREEN_KEYS = {"keep": 4, "examples": 256}
-AUTO_KEYS = {"k": 5, "n": 3}
+SCREEN_KEYS = {"keep": SCREEN_KEEP, "examples": SCREEN_EXAMPLES}
+AUTO_KEYS = {"k": AUTO_WORDS_PER_CLASS, "n": AUTO_WORD_SETS}
 
 
 def _skeleton(spec: dict, key: str, text) -> Skeleton:
@@ -348,12 +340,12 @@ def load_space(path: str | Path) -> SearchSpace:
     skeletons = _skeletons(spec)
     verbalizers, auto = _verbalizers(spec)
     screen, auto_counts = _counts(spec, "screen", SCREEN_KEYS), _counts(spec, "auto_verbalizer", AUTO_KEYS)
-    lr = spec.get("lr", {"low": 1e-4, "high": 3e-2, "log": True})
+    lr = spec.get("lr", {"low": SPACE_LR[0], "high": SPACE_LR[1], "log": True})
     low, high = _range({**spec, "lr": lr}, "lr", float, "low", "high")
     space = SearchSpace(
         path=str(path), skeletons=skeletons,
-        slots=_range(spec, "slots", int) if "slots" in spec else (1, 3),
-        length=_range(spec, "length", int, bounds=(1, 64)) if "length" in spec else (2, 8),
+        slots=_range(spec, "slots", int) if "slots" in spec else SPACE_SLOTS,
+        length=_range(spec, "length", int, bounds=(1, 64)) if "length" in spec else SPACE_LENGTH,
         inits=_choices(spec, "init", INITS, list(INITS)), encoders=_choices(spec, "encoder", ENCODERS, list(ENCODERS)),
         lr=(low, high, bool(lr.get("log", True))), budget=_section(spec, "budget", Budget),
         reference=_section(spec, "reference", Reference), task=spec.get("task"),
