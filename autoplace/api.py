@@ -217,6 +217,8 @@ def search(task: str, space: str | None = None, n_trials: int = SearchConfig.n_t
         load_space_text(derived, space).check(the_task)
     else:
         load_space(space).check(the_task)  # a bad space fails here, before any model loads or file is written
+    for split in ("train", "dev", "test"):  # every split the search will read, before it starts
+        the_task.check_split(split, options.get("data_dir"))
     name = study_name or f"autoplace-{re.sub(r'[^A-Za-z0-9_-]', '-', Path(the_task.name).stem)}"
     if isinstance(devices, str):
         devices = [d.strip() for d in devices.split(",") if d.strip()]

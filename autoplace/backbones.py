@@ -110,7 +110,8 @@ def default_device() -> str:
 
 
 def resolve_device(device: str | None) -> str:
-    """The device to run on; a bad or missing one is one clear line instead of a torch traceback."""
+    """The device to run on; a bad or missing one is one clear line instead of a torch traceback. A bare `cuda` is
+    the current CUDA device, with its index: workers pin themselves with torch.cuda.set_device, which needs one."""
     if device is None:
         return default_device()
     try:
@@ -122,6 +123,8 @@ def resolve_device(device: str | None) -> str:
             raise AutoplaceError(f"device {device!r}: CUDA is not available on this machine")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise AutoplaceError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if parsed.index is None:
+            return f"cuda:{torch.cuda.current_device()}"
     return device
 
 

@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autoplace: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a search (study.worker.Interrupted)
-        print(f"autoplace: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"autoplace: {str(exc) or 'interrupted'}", file=sys.stderr)
         return getattr(exc, "exit_status", 130)
     return 0
 

@@ -19,9 +19,9 @@ ENTRIES = {  # what each type of folder holds besides the marker
     "artifact": ("template.json", "prompt.safetensors", "m[0-9]*"),  # m0, m1...: an ensemble's members
     "peft": ("adapter_config.json", "adapter_model.safetensors", "autoplace_prompt.json"),
     "report": ("report.md", "trials.csv", "*.png"),
-    "search": ("study.db", "study.db-wal", "study.db-shm", "study.db-journal", "artifacts", "best", "report.md",
-               "space.yaml",
-               "trials.csv", "*.png", ".best.*"),  # .best.*: a staged best/ that a killed search left behind
+    "search": ("study.db", "study.db-wal", "study.db-shm", "study.db-journal", "study.db.autoplace-lock", "artifacts",
+               "best", "report.md", "space.yaml", "trials.csv", "*.png",
+               ".best.*"),  # .best.*: a staged best/ that a killed search left behind; the lock: storage.study_lock
 }
 ACCEPTS = {"report": ("report", "search")}  # a report may go into its search's folder; other types only their own
 

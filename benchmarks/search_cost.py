@@ -27,8 +27,6 @@ from collections import defaultdict
 from common import COMMIT, DATA, RESULTS, device_tag, write_results
 from placement_study import FOLDERS
 
-import autoplace.backbones as backbones
-import autoplace.calibration as calibration
 import autoplace.runner as runner
 import autoplace.study.report as report
 import autoplace.study.run as run
@@ -94,7 +92,8 @@ def instrument(clock: Clock) -> None:
     clock.wrap(trainer, "train_step", "train steps")
     clock.wrap(trainer, "evaluate", "dev scoring")
     clock.wrap(runner, "evaluate", "dev scoring")  # the winner's dev predictions (its bootstrap interval)
-    clock.wrap(calibration, "refresh", "dev scoring")
+    clock.wrap(trainer, "refresh_calibration", "dev scoring")  # the content-free prior, after each evaluation
+    clock.wrap(runner, "refresh_calibration", "dev scoring")
     clock.wrap(runner.PromptRun, "evaluate", lambda self, split, *a, **k: f"{'test' if split == 'test' else 'dev'}"
                                                                            " scoring")
     clock.wrap(runner.artifact, "save", "artifact writing")

@@ -589,3 +589,36 @@ def test_a_dead_workers_trial_is_failed_and_retried_once(monkeypatch, tmp_path, 
     assert sorted(retries) == [here.number, there.number]
     for failed in trials[:2]:
         assert retries[failed.number].system_attrs["fixed_params"] == failed.system_attrs["fixed_params"]
+
+
+def _join_with_more(url, name, n_trials, barrier, counts_seen):
+    """A worker process joining the study with a larger --n-trials, at the same moment as the others."""
+    from autoplace.study.storage import budget_trials, open_storage, open_study
+    storage = open_storage(url)
+    barrier.wait()
+    study, _ = open_study(url, storage, name, None, None, lambda s: None, n_trials)
+    counts_seen.append(len(budget_trials(study)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_joiners_asking_for_more_trials_at_once_queue_exactly_n(request, backend, tmp_path):
+    """Four workers join a 3-trial study at the same moment, each with --n-trials 8: the queue is topped up under
+    the study's lock, so it holds exactly 8 trials, not 3 + 4 x 5."""
+    import multiprocessing
+    from autoplace.study.storage import budget_trials, open_storage, open_study
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path}/study.db"
+    name = f"topup-{uuid.uuid4().hex[:8]}"
+    study, created = open_study(url, open_storage(url), name, None, None, lambda s: None, 3)
+    assert created and len(budget_trials(study)) == 3
+    context = multiprocessing.get_context("fork")
+    barrier, seen = context.Barrier(4), context.Manager().list()
+    joiners = [context.Process(target=_join_with_more, args=(url, name, 8, barrier, seen)) for _ in range(4)]
+    for joiner in joiners:
+        joiner.start()
+    for joiner in joiners:
+        joiner.join(120)
+    assert [j.exitcode for j in joiners] == [0, 0, 0, 0]
+    study = optuna.load_study(storage=open_storage(url), study_name=name)
+    assert len(budget_trials(study)) == 8 and study.user_attrs["n_trials"] == 8
+    assert sorted(seen) == [8, 8, 8, 8]  # each joiner, once it had the lock, saw the whole queue

@@ -131,7 +131,8 @@ def cmd_export(args) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out = artifact.install(trial_files(study, trial, Path(tmp), args.artifacts), args.out)
     print(json.dumps({"out": str(out), "trial": trial.number, "template": trial.user_attrs.get("template"),
-                      "dev": trial.value, "format": args.format}))
+                      "words": trial.user_attrs.get("words"), "dev": trial.user_attrs.get("dev"),  # as train prints it
+                      "format": args.format}))
 
 
 def cmd_report(args) -> None:

@@ -65,11 +65,13 @@ def open_study(cfg: SearchConfig, objective) -> optuna.Study:
         study.set_user_attr("budget", asdict(budget))
         if space.needs_screen() and "words" not in study.user_attrs:
             from .screen import screen
-            kept, record = screen(space, objective.task, objective.backbone, cfg.data_dir)
+            at_budget = dataclasses.replace(space, budget=budget)  # the run's --max-length, as its trials have
+            kept, record = screen(at_budget, objective.task, objective.backbone, cfg.data_dir)
             study.set_user_attr("screen", record)
             study.set_user_attr("words", [w.to_dict() for w in kept])
         space.words = words_of(study)
         references = space.references(causal)
+        references = fewer_zero_shot(references, cfg.n_trials)
         queued = {t.user_attrs.get("reference") for t in study.get_trials(deepcopy=False)}
         for name, params in references[:cfg.n_trials]:
             if name not in queued:
@@ -85,6 +87,18 @@ def open_study(cfg: SearchConfig, objective) -> optuna.Study:
                                        cfg.n_trials, "is being set up by another process (its screen can take minutes)")
     space.words = words_of(study)
     return study
+
+
+def fewer_zero_shot(references: list, n_trials: int) -> list:
+    """At most a quarter of the trials (one at least) are zero-shot references, the screen's best words first, so a
+    small search mostly trains prompts; the other words stay in the sampler's `words` choice."""
+    zero_shot = [r for r in references if r[0] == "zero-shot"]
+    cap = max(1, n_trials // 4)
+    if len(zero_shot) <= cap:
+        return references
+    say(f"--n-trials {n_trials}: {cap} of the {len(zero_shot)} zero-shot reference trials run (the screen's best "
+        "words first), so that most trials train a prompt; the sampler may still pick the other words")
+    return zero_shot[:cap] + [r for r in references if r[0] != "zero-shot"]
 
 
 def words_of(study: optuna.Study) -> dict[str, Words]:

@@ -21,6 +21,7 @@ class Progress:
         self.total = study.user_attrs["n_trials"]
         self.enabled = show is not False
         self.started, self.finished_here = time.time(), 0
+        self.seconds = {"trained": [], "zero-shot": []}  # this worker's trial times, apart: one is ~100x the other
         # a thread lock, not tqdm's multiprocessing one: when a pool worker raises, joblib kills the others, and
         # their locks would be reported as leaked semaphores after our one-line error
         tqdm.set_lock(threading.RLock())
@@ -31,6 +32,8 @@ class Progress:
     def trial_done(self, study: optuna.Study, trial: optuna.Trial, state: str, reason: str | None,
                    seconds: float) -> None:
         self.finished_here += 1
+        trained = stored_trial(study, trial).user_attrs.get("n_prompt_tokens", 1) > 0
+        self.seconds["trained" if trained else "zero-shot"].append(seconds)
         finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         self.bar.n = len(finished)
         self.bar.refresh()
@@ -49,13 +52,19 @@ class Progress:
         complete = [t for t in finished if t.state == TrialState.COMPLETE]
         best = max(complete, key=lambda t: t.value) if complete else None
         left = self.total - len(finished)
-        per_trial = (time.time() - self.started) / self.finished_here
-        eta = f", ETA {_duration(per_trial * left)} for this worker" if left > 0 else ""
+        eta = f", ETA {_duration(self.per_trial() * left)} for this worker" if left > 0 else ""
         template = attrs.get("template", "").replace("\n", "⏎")
+        words = f" [{attrs['words']}]" if attrs.get("words") else ""
         best_so_far = f"best {best.value:.3f} (trial {best.number})" if best else "no best yet"
         return (f"autoplace: trial {trial.number} {state} ({len(finished)}/{self.total} done{eta}) · "
-                f"{attrs.get('placement', '?')} `{template}` · {what} · {attrs.get('steps', 0)} steps · "
+                f"{attrs.get('placement', '?')} `{template}`{words} · {what} · {attrs.get('steps', 0)} steps · "
                 f"{seconds:.0f} s · {best_so_far}")
+
+    def per_trial(self) -> float:
+        """Seconds a trial still to come should take: the trials left are trained ones (the zero-shot references
+        come first), so a trained trial's mean once there is one."""
+        times = self.seconds["trained"] or self.seconds["zero-shot"]
+        return sum(times) / len(times) if times else 0.0
 
     def close(self) -> None:
         self.bar.close()

@@ -77,10 +77,11 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
                          f"(trials {', '.join(map(str, tied))})." if tied else "no other completed trial lies inside it."),
                       ""]
     lines += screen_table(study.user_attrs.get("screen"))
-    lines += ["## Top templates", "", "| # | trial | template | placement | encoder | init | dev | train s |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["## Top templates", "", "| # | trial | template | words | placement | encoder | init | dev | train s |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for rank, t in enumerate(complete[:top], 1):
-        lines.append(f"| {rank} | {t.number} | `{t.user_attrs.get('template')}` | {t.user_attrs.get('placement')} | "
+        lines.append(f"| {rank} | {t.number} | `{t.user_attrs.get('template')}` | {_words(t)} | "
+                     f"{t.user_attrs.get('placement')} | "
                      f"{t.params.get('encoder', '–')} | {t.params.get('init', '–')} | {_fmt(t.value)} | "
                      f"{_fmt(t.user_attrs.get('train_seconds'), 1)} |")
     refs = [t for t in trials if "reference" in t.user_attrs and t.state == TrialState.COMPLETE]
@@ -89,8 +90,9 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
         gain = complete[0].value - best_ref.value if complete else 0.0
         lines += ["", f"Best reference: {best_ref.user_attrs['reference']} at {_fmt(best_ref.value)}; "
                       f"the search's best is {gain:+.3f} beyond it.", ""]
-        lines += ["| reference | template | dev |", "| --- | --- | --- |"]
-        lines += [f"| {t.user_attrs['reference']} | `{t.user_attrs.get('template')}` | {_fmt(t.value)} |" for t in refs]
+        lines += ["| reference | template | words | dev |", "| --- | --- | --- | --- |"]
+        lines += [f"| {t.user_attrs['reference']} | `{t.user_attrs.get('template')}` | {_words(t)} | {_fmt(t.value)} |"
+                  for t in refs]
     lines += ["", "## Position effect", "", "| placement | trials | complete | best dev | mean dev |",
               "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r['placement']} | {r['trials']} | {r['complete']} | {_fmt(r['best_dev'])} | {_fmt(r['mean_dev'])} |"
@@ -258,6 +260,10 @@ def _history(study: optuna.Study, ax, metric: str):
     ax.legend(fontsize="small")
 
 
+def _words(trial) -> str:
+    return trial.user_attrs.get("words") or "–"
+
+
 def _curves(study: optuna.Study, ax, metric: str, top: int = 5):
     """Dev curves of the top trials, labelled with their template: how the prompt learned."""
     trials = sorted((t for t in _complete(study) if t.intermediate_values), key=lambda t: t.value, reverse=True)[:top]
@@ -265,9 +271,10 @@ def _curves(study: optuna.Study, ax, metric: str, top: int = 5):
         return False
     for t in trials:
         steps = sorted(t.intermediate_values)
+        words = f" [{t.user_attrs['words']}]" if t.user_attrs.get("words") else ""
         label = f"#{t.number} {t.user_attrs.get('template', '')}".replace("\n", "⏎")
-        ax.plot(steps, [t.intermediate_values[s] for s in steps], marker="o",
-                label=label if len(label) < 70 else label[:67] + "...")
+        label = (label if len(label) + len(words) < 70 else label[:67 - len(words)] + "...") + words
+        ax.plot(steps, [t.intermediate_values[s] for s in steps], marker="o", label=label)
     ax.set_xlabel("train step")
     ax.set_ylabel(metric)
     subset = study.user_attrs.get("budget", {}).get("eval_examples")

@@ -15,22 +15,31 @@ from .opening import open_study
 from .storage import counts, open_storage, redact
 from .trials import ensemble_from_trials
 from .winner import choose_winner, judge_dev, top_ensemble
-from .worker import Objective, work
+from .worker import Objective, phase, raise_on_sigterm, work
 
 
 def search(cfg: SearchConfig, task=None) -> dict:
     """task: a Task object to use instead of resolving cfg.task (in-process callers, e.g. benchmarks on subsets)."""
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     start = time.time()
-    objective = Objective(cfg, cfg.devices[0] if cfg.devices else None, task)  # loads the backbone, once
+    raise_on_sigterm()
+    with phase("loading the backbone"):
+        objective = Objective(cfg, cfg.devices[0] if cfg.devices else None, task)  # loads the backbone, once
     if cfg.workers == 1:
         work_done = [work(cfg, 0, task, objective)]
     else:
         from joblib import Parallel, delayed
-        open_study(cfg, objective)  # create (and screen) before the workers join
-        work_done = Parallel(n_jobs=cfg.workers, backend="loky")(delayed(work)(cfg, i, task)
-                                                                 for i in range(cfg.workers))
-    search_seconds = time.time() - start
+        with phase("setting up the study (the zero-shot screen, the reference trials)"):
+            open_study(cfg, objective)  # create (and screen) before the workers join
+        with phase("running trials"):
+            work_done = Parallel(n_jobs=cfg.workers, backend="loky")(delayed(work)(cfg, i, task)
+                                                                     for i in range(cfg.workers))
+    with phase("choosing, testing and exporting the winner (nothing of the study is lost)"):
+        return finish(cfg, objective, time.time() - start, work_done)
+
+
+def finish(cfg: SearchConfig, objective: Objective, search_seconds: float, work_done: list) -> dict:
+    """Once the trials are done: the winner chosen, scored on test (its one reading), exported and reported."""
     storage = open_storage(cfg.storage, cfg.storage_patience, wait=True)
     study = optuna.load_study(storage=storage, study_name=cfg.study_name)
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):

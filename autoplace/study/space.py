@@ -64,6 +64,13 @@ class Words:
         return {"key": self.key, "template": self.template, "verbalizer": self.verbalizer, "calibrate": self.calibrate}
 
 
+def words_label(verbalizer: dict | None, calibrate: bool) -> str:
+    """A trial's label words and calibration, compactly (`terrible/great, cf`), to show beside its template: trials
+    that differ only in their words must not look alike."""
+    words = "/".join(str(w).strip() for w in (verbalizer or {}).values())
+    return ", ".join(part for part in (words, "cf" if calibrate else "") if part)
+
+
 @dataclass
 class SearchSpace:
     path: str

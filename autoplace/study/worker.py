@@ -2,6 +2,7 @@
 SIGTERM puts its running trial back in the queue."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import tempfile
 import threading
@@ -23,7 +24,7 @@ from ..tasks import get_task
 from ..template import parse, placement_class
 from ..trainer import NonFiniteLoss, dev_steps
 from .progress import Progress
-from .space import load_space
+from .space import load_space, words_label
 from .opening import ARTIFACT_ATTR, device_for, effective_budget, open_study
 from .storage import Heartbeat, StorageGone, claim, reclaim_orphans, requeue, tell, wait_for_stale
 
@@ -33,11 +34,27 @@ class Interrupted(KeyboardInterrupt):
 
     def __init__(self, signal_name: str, message: str = ""):
         super().__init__(message or f"interrupted ({signal_name})")
-        self.signal_name = signal_name
+        self.signal_name, self.told = signal_name, bool(message)
 
     @property
     def exit_status(self) -> int:
         return 128 + (signal.SIGTERM if self.signal_name == "SIGTERM" else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def phase(what: str):
+    """A Ctrl-C (or SIGTERM) in here says where the search stopped, and that the same command resumes it; an
+    interrupted trial has already said what became of it."""
+    try:
+        yield
+    except Interrupted as exc:
+        if exc.told:
+            raise
+        raise Interrupted(exc.signal_name, f"interrupted ({exc.signal_name}) while {what}; run the same command "
+                                           "again to resume") from None
+    except KeyboardInterrupt:
+        raise Interrupted("SIGINT", f"interrupted (SIGINT) while {what}; run the same command again to "
+                                    "resume") from None
 
 
 def raise_on_sigterm() -> None:
@@ -66,6 +83,7 @@ class Objective:
         trial.set_user_attr("template", plan.template)
         trial.set_user_attr("placement", placement_class(parse(plan.template)))
         trial.set_user_attr("n_prompt_tokens", parse(plan.template).n_prompt_tokens)
+        trial.set_user_attr("words", words_label(plan.verbalizer or self.task.verbalizer, plan.calibrate))
         if plan.verbalizer:
             trial.set_user_attr("verbalizer", plan.verbalizer)
             trial.set_user_attr("calibrate", plan.calibrate)
@@ -163,26 +181,29 @@ def work(cfg: SearchConfig, worker: int = 0, task=None, objective: Objective | N
     else:
         device = None
     raise_on_sigterm()
-    objective = objective or Objective(cfg, device, task)
-    study = open_study(cfg, objective)
+    with phase("loading the backbone"):
+        objective = objective or Objective(cfg, device, task)
+    with phase("setting up or joining the study (the zero-shot screen, the reference trials)"):
+        study = open_study(cfg, objective)
     start, done, failures = time.time(), {"complete": 0, "pruned": 0, "fail": 0}, []
     progress = Progress(study, worker, cfg.progress)
     try:
-        while cfg.timeout is None or time.time() - start < cfg.timeout:
-            reclaim_orphans(study)
-            trial = claim(study)
-            if trial is None:
-                if wait_for_stale(study):  # an earlier run's trial came back to the queue
-                    continue
-                break
-            began = time.time()
-            state, reason = run_trial(study, trial, objective)
-            done[state] += 1
-            progress.trial_done(study, trial, state, reason, time.time() - began)
-            if reason:
-                failures.append(reason)
-                if _all_failed_alike(study, reason):
-                    raise AutoplaceError(f"every trial so far failed the same way: {reason}")
+        with phase("between trials"):
+            while cfg.timeout is None or time.time() - start < cfg.timeout:
+                reclaim_orphans(study)
+                trial = claim(study)
+                if trial is None:
+                    if wait_for_stale(study):  # an earlier run's trial came back to the queue
+                        continue
+                    break
+                began = time.time()
+                state, reason = run_trial(study, trial, objective)
+                done[state] += 1
+                progress.trial_done(study, trial, state, reason, time.time() - began)
+                if reason:
+                    failures.append(reason)
+                    if _all_failed_alike(study, reason):
+                        raise AutoplaceError(f"every trial so far failed the same way: {reason}")
     finally:
         progress.close()
     return {"worker": worker, **done, "failures": failures}

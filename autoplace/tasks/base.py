@@ -63,6 +63,13 @@ class Task:
             self._splits[key] = check_examples(self, split, self.source.load(split, data_dir))
         return self._splits[key]
 
+    def check_split(self, split: str, data_dir: str | None = None) -> None:
+        """Read and check a split without keeping it: a search checks its test split before it starts (a missing
+        file costs seconds, not a study), yet scores it only once, for the winner."""
+        if split not in SPLITS:
+            raise AutoplaceError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
+        check_examples(self, split, self.source.load(split, data_dir))
+
     def with_words(self, verbalizer: dict[str, str]) -> "Task":
         """The same task (sharing its loaded splits) read through other label words, in the task's label order."""
         words = {label_key(k): v for k, v in verbalizer.items()}

@@ -1,0 +1,119 @@
+"""A search's first minutes: everything it will read is checked before the study exists, the screen scores at the
+run's budget, a trial names its words, a Ctrl-C says where it stopped, and a reused artifact trains as it was
+trained."""
+import json
+
+import optuna
+import pytest
+
+from autoplace.cli import main
+from autoplace.study.worker import Interrupted, phase
+
+WORDS_SPACE = """
+templates:
+  - "<start> {sentence} <after:sentence> It was <before:answer> [MASK]"
+verbalizers:
+  - {pos: " great", neg: " terrible"}
+  - {pos: " good", neg: " bad"}
+calibrate: [none, content_free]
+screen: {keep: 4, examples: 64}
+slots: {min: 1, max: 2}
+length: {min: 2, max: 3}
+encoder: [none]
+lr: {low: 1.0e-2, high: 5.0e-2, log: true}
+budget: {steps: 4, eval_every: 2, batch_size: 8, max_length: 96}
+reference: {total_length: 4, lr: 0.05, encoder: none, init: vocab}
+"""
+
+
+def _search(task, space, out, *extra):
+    return main(["search", "--task", str(task), "--space", str(space), "--model", "tiny-gpt2", "--out", str(out),
+                 "--pruner", "none", *extra])
+
+
+def test_a_missing_test_split_fails_before_the_study_exists(toy_task_file, space_file, tmp_path, capsys):
+    """The test split is read only for the winner, but a missing file is found in seconds, and nothing is left."""
+    text = toy_task_file.read_text()
+    missing = toy_task_file.with_name("broken.yaml")
+    missing.write_text(text.replace("test.jsonl", "nowhere.jsonl"))
+    assert "nowhere.jsonl" in missing.read_text()
+    out = tmp_path / "s"
+    assert _search(missing, space_file, out, "--n-trials", "2") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nowhere.jsonl" in err
+    assert not out.exists()  # no half-made study to trip over on the next run
+
+
+def test_the_screen_scores_at_the_runs_max_length_as_its_zero_shot_trials_do(toy_task_file, tmp_path, capsys):
+    """--max-length 12 truncates these sentences: the screen must score with it, so a candidate's screen dev score
+    equals the dev score of the zero-shot trial with the same words. A trial names its words everywhere."""
+    space = tmp_path / "space.yaml"
+    space.write_text(WORDS_SPACE)
+    out = tmp_path / "s"
+    assert _search(toy_task_file, space, out, "--n-trials", "16", "--max-length", "12") == 0
+    err = capsys.readouterr().err
+    study = optuna.load_study(storage=f"sqlite:///{out}/study.db", study_name="autoplace-toy")
+    rows = {r["key"]: r for r in study.user_attrs["screen"]["rows"]}
+    zero_shot = [t for t in study.trials if t.user_attrs.get("reference") == "zero-shot"]
+    assert len(zero_shot) == 4
+    for trial in zero_shot:
+        assert trial.value == pytest.approx(rows[trial.params["words"]]["dev"])
+    calibrated = next(t for t in zero_shot if t.user_attrs["calibrate"])
+    words = calibrated.user_attrs["words"]
+    assert words.endswith(", cf") and words.split(",")[0] in ("great/terrible", "good/bad")
+    assert f"[{words}]" in err  # the trial's line
+    report = (out / "report.md").read_text()
+    assert "| words |" in report and f"| {words} |" in report
+
+
+def test_a_ctrl_c_says_which_phase_it_stopped_in(capsys):
+    with pytest.raises(Interrupted, match="while setting up the study"):
+        with phase("setting up the study"):
+            raise KeyboardInterrupt
+    with pytest.raises(Interrupted, match="trial 3 was marked failed"):  # a trial's own word is kept
+        with phase("between trials"):
+            raise Interrupted("SIGINT", "interrupted (SIGINT): trial 3 was marked failed and queued again")
+
+
+def test_a_ctrl_c_is_never_an_empty_message(monkeypatch, capsys):
+    from autoplace import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_tasks", interrupted)
+    assert main(["tasks"]) == 130
+    assert capsys.readouterr().err.strip() == "autoplace: interrupted"
+
+
+def test_train_from_an_artifact_takes_its_task_and_settings_unless_a_flag_says_otherwise(toy_task_file, tmp_path,
+                                                                                        capsys):
+    first = tmp_path / "first"
+    assert main(["train", "--task", str(toy_task_file), "--template", "[P:2] {sentence} It was [MASK]", "--model",
+                 "tiny-gpt2", "--steps", "2", "--max-length", "40", "--lr", "0.02", "--batch-size", "4",
+                 "--encoder", "mlp", "--out", str(first)]) == 0
+    capsys.readouterr()
+    again = tmp_path / "again"
+    assert main(["train", "--template", str(first), "--steps", "2", "--lr", "0.01", "--out", str(again)]) == 0
+    captured = capsys.readouterr()
+    meta = json.loads((again / "template.json").read_text())
+    assert meta["prompt"]["max_length"] == 40 and meta["prompt"]["encoder"] == "mlp"
+    assert meta["train"]["batch_size"] == 4 and meta["train"]["lr"] == 0.01  # the flag wins
+    assert meta["task"] == json.loads((first / "template.json").read_text())["task"]
+    said = [line for line in captured.err.splitlines() if "a flag overrides" in line]
+    assert len(said) == 1 and "max_length 40" in said[0] and "batch_size 4" in said[0] and "lr" not in said[0]
+    assert "acc" in json.loads(captured.out)["dev"]
+
+
+def test_train_without_a_task_or_an_artifact_is_one_line(tmp_path, capsys):
+    assert main(["train", "--template", "{sentence} [MASK]", "--out", str(tmp_path / "a")]) == 2
+    assert "train needs --task" in capsys.readouterr().err
+
+
+def test_export_prints_dev_as_train_does(toy_task_file, space_file, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert _search(toy_task_file, space_file, out, "--n-trials", "2") == 0
+    capsys.readouterr()
+    assert main(["export", str(out), "--out", str(tmp_path / "x")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert isinstance(printed["dev"], dict) and "acc" in printed["dev"]
