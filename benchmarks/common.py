@@ -1,9 +1,14 @@
-"""Shared by the benchmarks: where the data is, what machine this is, how results are written."""
+"""Shared by the benchmarks: where the data is, what machine this is, how results are written.
+
+Run as a script (`python benchmarks/common.py`), it copies every benchmarks/results/NAME.md into benchmarks/README.md
+between that name's markers, as write_results does for the one it writes.
+"""
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import json
+import re
 import sys
 import os
 import platform
@@ -15,6 +20,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("AUTOPLACE_SHARED_DATA", REPO.parent / "shared" / "data"))
 RESULTS = REPO / "benchmarks" / "results"
+README = REPO / "benchmarks" / "README.md"  # each results table sits there between its markers
 
 
 def machine() -> dict:
@@ -59,7 +65,57 @@ def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
               f"{payload['machine']['versions']['transformers']}, optuna {payload['machine']['versions']['optuna']}; "
               f"{payload['machine']['date']}; commit {payload['machine']['commit']}.\n\n")
     stem.with_suffix(".md").write_text(header + markdown + "\n")
+    publish(stem.with_suffix(".md"))
     return stem.with_suffix(".json"), stem.with_suffix(".md")
+
+
+class MarkersMissing(ValueError):
+    """benchmarks/README.md lacks one well-formed marker pair for a results name."""
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- results:{name} start -->", f"<!-- results:{name} end -->"
+
+
+def replace_between_markers(text: str, name: str, markdown: str) -> str:
+    """`text` with what lies between NAME's start and end markers replaced by `markdown`, and nothing else changed.
+    Its headings move two levels down, below the README's own (`#` -> `###`). Exactly one start marker, then one
+    end marker, or MarkersMissing says what is wrong."""
+    start, end = markers(name)
+    found = (text.count(start), text.count(end))
+    if found != (1, 1) or text.index(start) > text.index(end):
+        raise MarkersMissing(f"needs exactly one '{start}' followed by one '{end}' (found {found[0]} start and "
+                             f"{found[1]} end marker(s)); add the pair where the {name} table belongs")
+    body = re.sub(r"^(#{1,4}) ", r"##\1 ", markdown.strip("\n"), flags=re.M)
+    head, rest = text.split(start)
+    return head + start + "\n" + body + "\n" + end + rest.split(end, 1)[1]
+
+
+def update_readme(name: str, markdown: str, readme: Path | None = None) -> bool:
+    """Put `markdown` between NAME's markers in `readme` (default README); True if that changed the file. Raises
+    MarkersMissing."""
+    readme = readme or README
+    text = readme.read_text(encoding="utf-8")
+    try:
+        new = replace_between_markers(text, name, markdown)
+    except MarkersMissing as exc:
+        raise MarkersMissing(f"{readme}: {exc}") from None
+    if new != text:
+        readme.write_text(new, encoding="utf-8")
+    return new != text
+
+
+def publish(md_path: Path) -> None:
+    """A results file just written to benchmarks/results/ goes into benchmarks/README.md too (a results file written
+    elsewhere, e.g. a test's temporary folder, does not). A name without markers there is said in one line, not an
+    error: the results files are written and kept either way."""
+    md_path = Path(md_path)
+    if md_path.resolve().parent != RESULTS.resolve():
+        return
+    try:
+        update_readme(md_path.stem, md_path.read_text(encoding="utf-8"))
+    except (MarkersMissing, FileNotFoundError) as exc:
+        print(f"note: {md_path.name} was not copied into the benchmarks README: {exc}", file=sys.stderr)
 
 
 @dataclasses.dataclass
@@ -80,3 +136,19 @@ def subset_task(task, keep: dict):
 def mean_std(values: list[float]) -> tuple[float, float]:
     import statistics
     return (statistics.mean(values), statistics.pstdev(values)) if values else (float("nan"), float("nan"))
+
+
+def refresh_readme(readme: Path | None = None) -> list[str]:
+    """Every marker pair in `readme` (default README) whose results/NAME.md exists gets that file's text; returns the
+    names filled."""
+    readme = readme or README
+    names = re.findall(r"<!-- results:(\S+) start -->", readme.read_text(encoding="utf-8"))
+    filled = [n for n in names if (RESULTS / f"{n}.md").is_file()]
+    for name in filled:
+        update_readme(name, (RESULTS / f"{name}.md").read_text(encoding="utf-8"), readme)
+    return filled
+
+
+if __name__ == "__main__":
+    done = refresh_readme()
+    print(f"{README.relative_to(REPO)}: filled {', '.join(done) or 'nothing'}")

@@ -325,6 +325,8 @@ def main(argv=None) -> None:
     stem = out / f"throughput-{torch.device(args.device).type}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(report))
+    from common import publish  # benchmarks/results/ only: then the table goes into benchmarks/README.md too
+    publish(stem.with_suffix(".md"))
     print(markdown(report))
     print(f"wrote {stem}.json and {stem}.md")
 
