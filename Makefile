@@ -2,7 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test mutate clean
+.PHONY: setup test test-fast mutate clean
 
 setup: $(BIN)/autoplace
 
@@ -17,6 +17,10 @@ $(BIN)/autoplace: pyproject.toml requirements.txt
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# the inner loop: everything but the tests marked slow (SmolLM2, PostgreSQL, subprocess searches)
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 # each mutation in tests/mutations.py breaks one promise in a copy of the code; its tests must fail
 mutate: setup

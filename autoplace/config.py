@@ -141,6 +141,7 @@ class SearchConfig:
     trust_remote_code: bool = False
     precision: str = PRECISION
     storage_patience: float = 300.0  # seconds workers wait for a database server that went away before they stop
+    keep_manual_unless_better: bool = False  # export the task's own template unless dev shows the winner beats it
 
     def to_dict(self) -> dict:
         """As recorded in the study; the storage URL is the caller's to redact."""

@@ -31,6 +31,13 @@ class TrainResult:
     losses: list = field(default_factory=list)   # training loss per step
     stopped_early: bool = False    # the callback (a pruner) stopped it
     out_of_patience: bool = False  # dev stopped improving: a finished run, trained for fewer steps
+    predictions: list = field(default_factory=list)  # the kept prompt's answers behind `dev`, one per item scored
+    gold_answers: int = 0          # distinct right answers among those items
+
+    @property
+    def one_answer(self) -> bool:
+        """The kept prompt gives one answer to every dev item though dev has several: a degenerate prompt."""
+        return len(set(self.predictions)) == 1 and self.gold_answers > 1
 
 
 class NonFiniteLoss(AutoplaceError):
@@ -71,12 +78,12 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
             raise NonFiniteLoss(f"loss is {losses[-1]} at step {step}")
         if step in scored_at:
             refresh_calibration(model)  # the prompt moved, and so did its content-free bias
-            dev = evaluate(model, task, checkpoint_items, cfg.eval_batch_size)[0]
+            dev, predicted = evaluate(model, task, checkpoint_items, cfg.eval_batch_size)
             score = dev[task.primary_metric]
             history.append((step, score))
             stale = 0 if best is None or score > best[0] else stale + 1
             if stale == 0:
-                best = (score, step, dev, copy.deepcopy(model.encoder.state_dict()))
+                best = (score, step, dev, copy.deepcopy(model.encoder.state_dict()), predicted)
             if callback is not None and not callback(step, score):
                 stopped = True
                 break
@@ -85,16 +92,18 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
                 break
     seconds = time.perf_counter() - start
     if best is None:  # nothing to train (no prompt slots): the template is scored as it is
-        dev = evaluate(model, task, checkpoint_items, cfg.eval_batch_size)[0]
-        best = (dev[task.primary_metric], 0, dev, None)
+        dev, predicted = evaluate(model, task, checkpoint_items, cfg.eval_batch_size)
+        best = (dev[task.primary_metric], 0, dev, None, predicted)
         history.append((0, best[0]))
     elif best[3] is not None:
         model.encoder.load_state_dict(best[3])
         refresh_calibration(model)
-    dev = best[2]
+    dev, predicted, scored = best[2], best[4], checkpoint_items
     if len(checkpoint_items) < len(dev_items) and not stopped:
-        dev = evaluate(model, task, dev_items, cfg.eval_batch_size)[0]  # a finished prompt is judged on all of dev
-    return TrainResult(dev, best[1], step if params else 0, seconds, history, losses, stopped, out_of_patience)
+        dev, predicted = evaluate(model, task, dev_items, cfg.eval_batch_size)  # a finished prompt: on all of dev
+        scored = dev_items
+    return TrainResult(dev, best[1], step if params else 0, seconds, history, losses, stopped, out_of_patience,
+                       predicted, len({item.label for item in scored}))
 
 
 def _groups(items: list[Encoded]) -> list | None:

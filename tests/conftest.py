@@ -69,3 +69,22 @@ def toy_task_file(tmp_path) -> Path:
         'verbalizer: {pos: " yes", neg: " no"}\n'
         'template: "{sentence} It was [MASK]"\n')
     return path
+
+
+GOOD_LR_SPACE = """
+skeleton: "<start> {sentence} <after:sentence> It was <before:answer> [MASK] <end>"
+slots: {min: 1, max: 2}
+length: {min: 2, max: 4}
+encoder: [none, mlp]
+lr: {low: %s, high: %s, log: true}
+budget: {steps: 20, eval_every: 5, batch_size: 8, max_length: 64}
+reference: {total_length: 4, lr: 0.05, encoder: none, init: vocab}
+"""
+
+
+@pytest.fixture
+def space_file(tmp_path) -> Path:
+    """A small placement space for the toy task: 20-step trials, two encoders."""
+    path = tmp_path / "space.yaml"
+    path.write_text(GOOD_LR_SPACE % (1e-3, 5e-2))
+    return path

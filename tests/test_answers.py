@@ -111,7 +111,10 @@ def test_multirc_f1a_and_em_match_a_hand_computation():
     assert scores["f1a"] == pytest.approx(6 / 7)
     assert scores["em"] == pytest.approx(1 / 2)  # q2 exactly right, q1 not
     assert scores["acc"] == pytest.approx(4 / 5)
-    assert task.primary_metric == "f1a"
+    assert scores["f1a_em"] == pytest.approx((6 / 7 + 1 / 2) / 2)  # SuperGLUE's MultiRC score
+    assert task.primary_metric == "f1a_em"
+    always_right = task.score([true] * 5, items)  # F1a alone rewards answering "right" to every option
+    assert always_right["f1a"] > scores["f1a"] - 0.15 and always_right["f1a_em"] < scores["f1a_em"]
     assert binary_f1(torch.tensor([False]).numpy(), torch.tensor([True]).numpy()) == 0.0
     assert exact_match(torch.tensor([True, True]).numpy(), ["a", "b"]) == 1.0
 
@@ -157,7 +160,9 @@ def test_the_screen_scores_whole_answers(tiny_gpt2, fewglue):
     space.screen_examples = 8
     kept, record = screen(space, get_task("copa"), tiny_gpt2, str(fewglue))
     assert [r["key"] for r in record["rows"]] == [f"t{t}.v0.raw" for t in range(4)]
-    assert all(0 <= r["train"] <= 1 and r["reason"] is None for r in record["rows"])
+    n = record["examples"]["train"]
+    assert n == 8 and all(r["reason"] is None and abs(r["train"] * n - round(r["train"] * n)) < 1e-6
+                          for r in record["rows"])  # each a share of the 8 screened train examples
     assert len(kept) == 4
 
 
@@ -188,8 +193,10 @@ def test_train_and_eval_on_smollm2(name, smollm2, fewglue, tmp_path, capsys):
     trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert main(["eval", str(tmp_path / "art"), "--split", "test"]) == 0
     scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    metrics = {"multirc": {"f1a", "em", "acc"}}.get(name, {"acc"})
-    assert set(trained["test"]) == metrics and all(0 <= v <= 1 for v in trained["test"].values())
+    metrics = {"multirc": {"f1a_em", "f1a", "em", "acc"}}.get(name, {"acc"})
+    assert set(trained["test"]) == metrics
+    if name != "multirc":  # a share of the 6 test examples written above
+        assert abs(trained["test"]["acc"] * 6 - round(trained["test"]["acc"] * 6)) < 1e-6
     assert {k: scored[k] for k in metrics} == pytest.approx(trained["test"])  # eval re-scores what train reported
 
 
@@ -199,7 +206,8 @@ def test_copa_search_on_smollm2_exports_what_predict_uses(smollm2, fewglue, tmp_
     assert main(["search", "--task", "copa", "--data-dir", str(fewglue), "--n-trials", "4", "--steps", "10",
                  "--max-length", "96", "--out", str(out), "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["done"] == "4 of 4" and 0 <= summary["test"]["acc"] <= 1
+    val = len((fewglue / "COPA" / "val.jsonl").read_text().splitlines())
+    assert summary["done"] == "4 of 4" and abs(summary["test"]["acc"] * val - round(summary["test"]["acc"] * val)) < 1e-6
     rows = [json.loads(line) for line in (fewglue / "COPA" / "val.jsonl").read_text().splitlines()[:4]]
     write_jsonl(tmp_path / "in.jsonl", rows)
     assert main(["predict", str(out / "best"), "--input", str(tmp_path / "in.jsonl"), "--output",
@@ -211,16 +219,16 @@ def test_copa_search_on_smollm2_exports_what_predict_uses(smollm2, fewglue, tmp_
     assert meta["template"] == summary["template"] and meta["task"] == "copa"
 
 
-def test_the_screen_ranks_multirc_by_f1a(tiny_gpt2, fewglue):
-    """MultiRC's options are mostly wrong, so accuracy would favour words that always say no; dev selects by F1a,
-    and so does the screen."""
+def test_the_screen_ranks_multirc_by_its_selection_metric(tiny_gpt2, fewglue):
+    """MultiRC's options are mostly wrong, so accuracy would favour words that always say no, and F1a words that
+    always say yes; dev selects by the mean of F1a and EM, and so does the screen."""
     from autoplace.study.screen import screen
     from autoplace.study.space import default_space_path, load_space
     space = load_space(default_space_path("multirc"))
     space.screen_examples, space.budget = 12, dataclasses.replace(space.budget, max_length=64)
     task = get_task("multirc")
     kept, record = screen(space, task, tiny_gpt2, str(fewglue))
-    assert record["metric"] == "f1a" == task.primary_metric
+    assert record["metric"] == "f1a_em" == task.primary_metric
     scored = [r for r in record["rows"] if r["reason"] is None or r["key"] in record["kept"]]
     assert [r["both"] for r in sorted(scored, key=lambda r: -r["both"])][:len(kept)] == \
         [next(r["both"] for r in record["rows"] if r["key"] == key) for key in record["kept"]]

@@ -487,8 +487,15 @@ def test_a_failed_swap_puts_the_older_artifact_back(trained, tmp_path, monkeypat
     assert _snapshot(art) == before and sorted(os.listdir(tmp_path)) == listing
 
 
-def test_suite_is_large_enough():
-    assert len(CASES) >= 25
+def test_every_command_that_reads_input_has_bad_input_cases(trained, tmp_path):
+    """The cases run every subcommand that reads user input, so a command cannot go without them."""
+    from autoplace.cli import build_parser
+    commands = set(build_parser()._subparsers._group_actions[0].choices) - {"tasks", "dashboard"}
+    run = set()
+    for i, (build, _) in enumerate(CASES.values()):
+        (tmp_path / str(i)).mkdir()
+        run.add(build(trained, tmp_path / str(i))[0])
+    assert run >= commands, sorted(commands - run)
 
 
 def test_shared_data_is_beside_the_repo():

@@ -82,6 +82,7 @@ def test_dashboard_without_a_study_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "study.db").exists()  # looking never creates an empty storage
 
 
+@pytest.mark.slow
 def test_dashboard_shows_the_study_in_chromium(tmp_path, toy_task_file):
     if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
         absent = f"Chromium absent ({CHROMIUM}, {CHROMEDRIVER}): apt-get install chromium chromium-driver"

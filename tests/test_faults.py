@@ -110,6 +110,7 @@ def storage_of(url):
     return open_storage(url)
 
 
+@pytest.mark.slow
 def test_two_processes_join_one_postgres_study(postgres_url, toy_task_file, tmp_path):
     name = f"pg-{uuid.uuid4().hex[:8]}"
     space_file, shared = space(tmp_path), tmp_path / "shared-artifacts"
@@ -223,6 +224,7 @@ def rerun_beside_a_remote_worker(cmd, env, storage, trial_id):
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "".join(err))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,owner", [("sqlite", "this host"), ("sqlite", "another host"),
                                            ("postgresql", "this host")])
 def test_kill_9_mid_trial_then_an_immediate_rerun_finishes_the_study(request, backend, owner, toy_task_file, tmp_path):
@@ -262,6 +264,7 @@ def test_kill_9_mid_trial_then_an_immediate_rerun_finishes_the_study(request, ba
         assert trials[killed[0].number].user_attrs["reason"].startswith("worker gone: process ")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_mid_trial_requeues_it_and_a_rerun_finishes_exactly_n(sig, status, toy_task_file, tmp_path):
     """Ctrl-C (SIGINT) or a scheduler's SIGTERM: the running trial is marked failed and queued again before the
@@ -375,6 +378,7 @@ def assert_exactly_n(storage, name, n, before):
     return trials
 
 
+@pytest.mark.slow
 def test_postgres_restart_mid_study_workers_wait_and_finish_exactly_n(own_postgres, toy_task_file, tmp_path):
     """The server is killed mid-trial (pg_ctl stop -m immediate) and is down long enough for heartbeats to go
     stale: both workers wait, retry and finish the study with exactly N trials; a trial whose heartbeat went stale
@@ -414,6 +418,7 @@ def test_postgres_restart_mid_study_workers_wait_and_finish_exactly_n(own_postgr
         assert any(f"trial {number} was taken over by another worker" in w["failures"] for w in workers), workers
 
 
+@pytest.mark.slow
 def test_postgres_gone_for_good_stops_in_one_line_and_a_rerun_resumes(own_postgres, toy_task_file, tmp_path):
     """--workers 2 and a 3 s --storage-patience: the server does not come back, so the search stops with one
     line; once it is back, the same command finishes exactly N trials, reclaiming those the workers held."""
@@ -441,6 +446,7 @@ def test_postgres_gone_for_good_stops_in_one_line_and_a_rerun_resumes(own_postgr
     assert_exactly_n(storage, name, n, before)
 
 
+@pytest.mark.slow
 def test_a_full_disk_mid_write_fails_in_one_line_and_keeps_the_older_artifact(toy_task_file, tmp_path):
     """train --overwrite onto a tiny tmpfs with room for half the new weights: exit 2 with one line, the older
     artifact byte for byte, and no temporary folder left beside it."""
@@ -476,6 +482,7 @@ def test_a_full_disk_mid_write_fails_in_one_line_and_keeps_the_older_artifact(to
         subprocess.run(["umount", str(disk)], check=False)
 
 
+@pytest.mark.slow
 def test_five_workers_one_killed_finish_exactly_n(postgres_url, toy_task_file, tmp_path):
     """5 processes on one PostgreSQL study; one is killed with -9 mid-trial: a surviving worker on this host sees
     the trial's process is gone, fails it and queues it again, so the study still ends with exactly N trials."""
@@ -563,6 +570,7 @@ def test_a_trial_claimed_but_never_signed_is_queued_again_after_the_grace_period
                                                "again")
 
 
+@pytest.mark.slow
 def test_a_dead_workers_trial_is_failed_and_retried_once(monkeypatch, tmp_path, capsys):
     """Heartbeat retry, without a search: a trial owned by a process on this host that is gone is failed and queued
     again at once; one owned by another host once its heartbeat is older than the grace period (the storage that

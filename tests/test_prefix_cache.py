@@ -73,6 +73,7 @@ def test_cached_scores_and_prompt_gradients_equal_the_uncached_forward(tiny_gpt2
     assert cache.hits - hits == with_prefix
 
 
+@pytest.mark.slow
 def test_cached_forward_equals_uncached_on_smollm2(toy_task_file):
     smol = load_backbone("smollm2-135m", "cpu")
     for template in (END, MIXED):

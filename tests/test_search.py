@@ -12,24 +12,6 @@ from autoplace.study.opening import make_pruner
 from autoplace.study.worker import keep_going
 from conftest import REPO
 
-GOOD_LR_SPACE = """
-skeleton: "<start> {sentence} <after:sentence> It was <before:answer> [MASK] <end>"
-slots: {min: 1, max: 2}
-length: {min: 2, max: 4}
-encoder: [none, mlp]
-lr: {low: %s, high: %s, log: true}
-budget: {steps: 20, eval_every: 5, batch_size: 8, max_length: 64}
-reference: {total_length: 4, lr: 0.05, encoder: none, init: vocab}
-"""
-
-
-@pytest.fixture
-def space_file(tmp_path):
-    path = tmp_path / "space.yaml"
-    path.write_text(GOOD_LR_SPACE % (1e-3, 5e-2))
-    return path
-
-
 def search(task, space, out, *extra, model="tiny-gpt2"):
     return main(["search", "--task", str(task), "--space", str(space), "--model", model, "--out", str(out), *extra])
 
@@ -331,6 +313,7 @@ def test_importances_cover_only_the_parameters_that_varied(capsys, toy_task_file
     assert "lr" not in importances and "init" not in importances and importances
 
 
+@pytest.mark.slow
 def test_a_search_prints_one_line_per_finished_trial_unless_quiet(toy_task_file, space_file, tmp_path):
     """Run as a user would, with stderr not a terminal (a log, CI): plain lines, no bar."""
     import subprocess

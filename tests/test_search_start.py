@@ -44,13 +44,24 @@ def test_a_missing_test_split_fails_before_the_study_exists(toy_task_file, space
     assert not out.exists()  # no half-made study to trip over on the next run
 
 
-def test_the_screen_scores_at_the_runs_max_length_as_its_zero_shot_trials_do(toy_task_file, tmp_path, capsys):
-    """--max-length 12 truncates these sentences: the screen must score with it, so a candidate's screen dev score
-    equals the dev score of the zero-shot trial with the same words. A trial names its words everywhere."""
+def test_the_screen_scores_at_the_runs_max_length_as_its_zero_shot_trials_do(toy_task_file, tmp_path, capsys,
+                                                                             monkeypatch):
+    """--max-length 6 (the space says 96): the screen must read its inputs at 6 tokens, as the trials do, so a
+    candidate's screen dev score equals the dev score of the zero-shot trial with the same words. A trial names its
+    words everywhere."""
+    from autoplace.featurize import Featurizer
+    from autoplace.study import screen
+    lengths, real = [], Featurizer.__init__
+
+    def spy(self, template, task, backbone, max_length=256):
+        lengths.append(max_length)
+        real(self, template, task, backbone, max_length)
+    monkeypatch.setattr(screen, "Featurizer", type("Spied", (Featurizer,), {"__init__": spy}))
     space = tmp_path / "space.yaml"
     space.write_text(WORDS_SPACE)
     out = tmp_path / "s"
-    assert _search(toy_task_file, space, out, "--n-trials", "16", "--max-length", "12") == 0
+    assert _search(toy_task_file, space, out, "--n-trials", "16", "--max-length", "6") == 0
+    assert lengths and set(lengths) == {6}
     err = capsys.readouterr().err
     study = optuna.load_study(storage=f"sqlite:///{out}/study.db", study_name="autoplace-toy")
     rows = {r["key"]: r for r in study.user_attrs["screen"]["rows"]}

@@ -51,6 +51,9 @@ def add_commands(sub, common, positive, out_args, tasks_help: str) -> None:
     p.add_argument("--select", choices=["dev", "cv"], default=d.select,
                    help="cv: judge the top templates (--confirm-top, default 3) by k-fold over train and dev")
     p.add_argument("--folds", type=positive(int), default=d.folds, help="folds for --select cv")
+    p.add_argument("--keep-manual-unless-better", action="store_true",
+                   help="export the task's own template zero-shot unless the winner's paired 90%% interval against "
+                        "it on dev lies above zero")
     p.add_argument("--quiet", action="store_true", help="no line per finished trial, no progress bar")
     p.add_argument("--ensemble", type=positive(int), default=d.ensemble,
                    help="k > 1: OUT/best averages the top k templates' calibrated probabilities (as PET does)")
@@ -93,7 +96,8 @@ def _study_args(p, out_args, out_help: str) -> None:
 
 SEARCH_OPTIONS = ("model", "data_dir", "timeout", "seed", "pruner", "workers", "steps", "eval_every", "batch_size",
                   "max_length", "patience", "eval_examples", "confirm_top", "confirm_seeds", "select", "folds",
-                  "ensemble", "artifacts", "trust_remote_code", "precision", "storage_patience")
+                  "ensemble", "artifacts", "trust_remote_code", "precision", "storage_patience",
+                  "keep_manual_unless_better")
 
 
 def cmd_search(args) -> None:
@@ -112,7 +116,8 @@ def cmd_export(args) -> None:
     study = _open_study(args)
     if args.ensemble > 1:
         from .trials import ensemble_from_trials
-        from .winner import ranked_trials, top_distinct
+        from .trials import ranked_trials
+        from .winner import top_distinct
         members = top_distinct(ranked_trials(study), args.ensemble)
         if args.format == "peft":
             raise AutoplaceError("--ensemble: a PEFT adapter holds one prompt; export the members one by one")

@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .storage import counts
+from .trials import ranked_trials
 
 PLACEMENTS = ("none", "start-only", "middle-only", "end-only", "mixed")
 
@@ -53,17 +54,34 @@ def position_table(trials) -> list[dict]:
     return rows
 
 
+def verdict_lines(verdict: dict | None) -> list[str]:
+    """The report's first lines: the winner against the template the user started from, on the same dev examples."""
+    if not verdict:
+        return []
+    lo, hi = verdict["interval"]
+    lines = [f"**Against your template: {verdict['word']}.** The winner scores {_fmt(verdict['winner'])} "
+             f"{verdict['metric']} on dev, the task's own template zero-shot (`{verdict['manual_template']}`) "
+             f"{_fmt(verdict['manual'])}: {verdict['difference']:+.3f}, paired bootstrap "
+             f"{verdict['level']:.0%} interval {lo:+.3f} to {hi:+.3f} over {verdict['examples']} dev examples."]
+    if verdict["word"] != "better":
+        lines.append("The search did not show that it beats the manual template"
+                     + (" ; OUT/best holds the manual template (--keep-manual-unless-better)."
+                        if verdict.get("exported") == "manual" else
+                        "; --keep-manual-unless-better would export that template instead."))
+    return [" ".join(lines), ""]
+
+
 def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
-    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
+    complete = ranked_trials(study)
     state_counts = counts(study)
     total_steps = sum(t.user_attrs.get("steps", 0) for t in trials)
     study.trials_dataframe().to_csv(out / "trials.csv", index=False)
     plots = _plots(study, out)
 
-    lines = [f"# autoplace report: study `{study.study_name}`", ""]
+    lines = [f"# autoplace report: study `{study.study_name}`", ""] + verdict_lines(study.user_attrs.get("verdict"))
     final = study.user_attrs.get("final")
     if final:
         lines += ["## Winner", "", f"`{final['template']}`", "",
@@ -82,8 +100,14 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
     for rank, t in enumerate(complete[:top], 1):
         lines.append(f"| {rank} | {t.number} | `{t.user_attrs.get('template')}` | {_words(t)} | "
                      f"{t.user_attrs.get('placement')} | "
-                     f"{t.params.get('encoder', '–')} | {t.params.get('init', '–')} | {_fmt(t.value)} | "
+                     f"{t.params.get('encoder', '–')} | {t.params.get('init', '–')} | {_fmt(t.value)}"
+                     f"{' (one answer)' if t.user_attrs.get('one_answer') else ''} | "
                      f"{_fmt(t.user_attrs.get('train_seconds'), 1)} |")
+    degenerate = sum(bool(t.user_attrs.get("one_answer")) for t in complete)
+    if degenerate:
+        lines += ["", f"{degenerate} completed trial(s) gave one answer to every dev example, though dev has "
+                      "several: they rank below every trial that did not, whatever their score (a metric such as "
+                      "F1a rewards answering one way always)."]
     refs = [t for t in trials if "reference" in t.user_attrs and t.state == TrialState.COMPLETE]
     if refs:
         best_ref = max(refs, key=lambda t: t.value)

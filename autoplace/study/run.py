@@ -14,7 +14,7 @@ from ..config import SearchConfig
 from .opening import open_study
 from .storage import counts, open_storage, redact
 from .trials import ensemble_from_trials
-from .winner import choose_winner, judge_dev, top_ensemble
+from .winner import choose_winner, judge_dev, manual_template, top_ensemble, verdict
 from .worker import Objective, phase, raise_on_sigterm, work
 
 
@@ -53,17 +53,26 @@ def finish(cfg: SearchConfig, objective: Objective, search_seconds: float, work_
         run, meta = top_ensemble(cfg, study, objective)
     else:
         run, meta = choose_winner(cfg, study, objective)
+    manual, manual_meta = manual_template(cfg, objective)
+    against = verdict(run, manual)
+    kept_manual = cfg.keep_manual_unless_better and against["word"] != "better"
+    if kept_manual:  # dev did not show the search beats the user's template: export that one
+        say(f"the search's winner is {against['word']} against the task's own template on dev "
+            f"({against['difference']:+.3f}); --keep-manual-unless-better exports the task's own template")
+        run, meta = manual, manual_meta
+    against["exported"] = "manual" if kept_manual else "winner"
+    study.set_user_attr("verdict", against)
     interval, tied = judge_dev(run, study, meta.get("trial"))
     meta["test"] = run.evaluate("test")  # the only time the test split is read
     best = (ensemble_from_trials(study, run.trials, Path(cfg.out) / "best", cfg.artifacts, meta)
-            if cfg.ensemble > 1 else export(Path(cfg.out) / "best", run, meta))
+            if cfg.ensemble > 1 and not kept_manual else export(Path(cfg.out) / "best", run, meta))
     study.set_user_attr("final", {"template": meta["template"], "trial": meta.get("trial"), "dev": meta["dev"],
                                   "dev_interval": interval, "tied": tied, "test": meta["test"],
                                   "search_seconds": round(search_seconds, 1)})
     from .report import write_report
     report = write_report(study, cfg.out)
     return {"out": cfg.out, "best": str(best), "report": str(report), "template": meta["template"],
-            "dev": meta["dev"], "dev_interval": interval, "tied": tied, "test": meta["test"],
+            "dev": meta["dev"], "dev_interval": interval, "tied": tied, "test": meta["test"], "verdict": against,
             "search_seconds": round(search_seconds, 1), "study_name": cfg.study_name,
             "trials": counts(study), "done": f"{done} of {n_trials}", "workers": work_done,
             "storage": redact(cfg.storage)}

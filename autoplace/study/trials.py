@@ -51,13 +51,20 @@ def load_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, data_dir: s
         return rebuild(folder, meta, artifact.load_weights(folder, meta), onto.task, onto.backbone, data_dir), meta
 
 
+def ranked_trials(study: optuna.Study) -> list:
+    """Completed trials, best first: by dev, but a trial that gave one answer to every dev example (a degenerate
+    prompt: MultiRC's F1a rewards answering "right" always) after every trial that did not."""
+    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                  key=lambda t: (not t.user_attrs.get("one_answer", False), t.value), reverse=True)
+
+
 def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
     trials = study.get_trials(deepcopy=False)
     if number is None:
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        if not complete:
+        ranked = ranked_trials(study)
+        if not ranked:
             raise AutoplaceError(f"study {study.study_name!r} has no completed trial")
-        return max(complete, key=lambda t: t.value)
+        return ranked[0]
     for trial in trials:
         if trial.number == number:
             return trial

@@ -19,11 +19,11 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import ensemble
-from ..config import SearchConfig, configs
+from ..config import Plan, SearchConfig, configs
 from ..errors import AutoplaceError
 from ..runner import PromptRun, fit, metadata, prepare
 from ..tasks.base import units
-from .trials import load_trial
+from .trials import load_trial, ranked_trials
 
 CV_TOP = 3  # templates cross-validated when --select cv comes without --confirm-top
 
@@ -71,9 +71,35 @@ def top_ensemble(cfg: SearchConfig, study: optuna.Study, objective):
                       "dev": together.evaluate("dev")}
 
 
-def ranked_trials(study: optuna.Study) -> list:
-    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value,
-                  reverse=True)
+def manual_template(cfg: SearchConfig, objective) -> tuple[PromptRun, dict]:
+    """The task's own template zero-shot, with its own words: the user's starting point, which a search's winner
+    must beat to be worth taking."""
+    prompt, train_cfg = configs(Plan(objective.task.template, encoder="none"), objective.budget, cfg.seed)
+    run = prepare(objective.task, objective.backbone, prompt, cfg.data_dir)
+    result = fit(run, train_cfg, progress=False)  # no slot: it is scored on dev as it is
+    return run, metadata(run, train_cfg, result, None, {"study": cfg.study_name, "manual": True})
+
+
+def verdict(winner, manual, level: float = 0.9, resamples: int = 1000, seed: int = 0) -> dict:
+    """The winner against the manual template on the same dev examples: the difference of the task's metric, its
+    paired bootstrap interval (MultiRC's questions resampled whole), and one word. `tied` when the interval does not
+    exclude zero: dev did not show that the search beats the template the user started from."""
+    task, metric = winner.task, winner.task.primary_metric
+    (won, items), (kept, _) = winner.predictions("dev"), manual.predictions("dev")
+    difference = task.score(won, items)[metric] - task.score(kept, items)[metric]
+    groups = [item.group for item in items] if any(item.group is not None for item in items) else None
+    together, rng, diffs = units(groups, len(items)), np.random.default_rng(seed), []
+    for _ in range(resamples):
+        rows = [row for u in rng.integers(0, len(together), len(together)) for row in together[u]]
+        sample = [items[r] for r in rows]
+        diffs.append(task.score([won[r] for r in rows], sample)[metric]
+                     - task.score([kept[r] for r in rows], sample)[metric])
+    tail = (1 - level) / 2
+    lo, hi = float(np.quantile(diffs, tail)), float(np.quantile(diffs, 1 - tail))
+    word = "better" if lo > 0 else "worse" if hi < 0 else "tied"
+    return {"metric": metric, "winner": task.score(won, items)[metric], "manual": task.score(kept, items)[metric],
+            "difference": difference, "interval": [lo, hi], "level": level, "word": word,
+            "examples": len(items), "manual_template": manual.prompt.template}
 
 
 def top_distinct(ranked: list, k: int) -> list:

@@ -102,6 +102,7 @@ class Objective:
         trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
         trial.set_user_attr("steps", result.steps_done)
         trial.set_user_attr("dev", result.dev)
+        trial.set_user_attr("one_answer", result.one_answer)  # ranked below every trial that is not (winner.py)
         if result.stopped_early:
             trial.set_user_attr("reason", f"pruned at step {result.steps_done}")
             raise optuna.TrialPruned()

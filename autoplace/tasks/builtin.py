@@ -175,9 +175,9 @@ BUILTIN.update({
         source=_superglue("MultiRC", "multirc", {"question_id": lambda ex: f"{ex['idx']['paragraph']}-"
                                                                            f"{ex['idx']['question']}"},
                           _flatten_multirc, hub_group="question_id"),
-        verbalizer={"false": " No", "true": " Yes"}, metrics=("f1a", "em", "acc"), group_field="question_id",
-        positive_label="true", select_metric="f1a",
+        verbalizer={"false": " No", "true": " Yes"}, metrics=("f1a_em", "f1a", "em", "acc"),
+        group_field="question_id", positive_label="true", select_metric="f1a_em",
         description="Multi-sentence reading comprehension: is each answer option right? (FewGLUE MultiRC; one "
-                    "example per option, F1a over options and exact match per question)"),
+                    "example per option, F1a over options and exact match per question; dev selects by their mean)"),
 })
 ALIASES = {"nli": "rte", "sentiment": "mr"}
