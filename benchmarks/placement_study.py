@@ -4,7 +4,9 @@ Rows: zero-shot manual template; the best words of the zero-shot screen (phrasin
 scored on train and dev only), zero-shot; a PEFT-style prefix (prepended prompt, MLP encoder, random init as PEFT
 does); the four fixed placements start / middle / end / mixed with the same total prompt length (the search space's
 reference placements, on the built-in default phrasing, so the table shows what the words add); and the template
-`autoplace search` finds over words + places (chosen by k-fold over train and dev). Every trained row gets the same
+`autoplace search` finds over words + places (chosen by k-fold over train and dev; with --keep-manual-unless-better,
+as a user who wants no worse than their own template runs it: the search's `verdict` is recorded beside its row).
+Every trained row gets the same
 budget and the same seeds; dev selects the checkpoint, the test split is only reported. Every seed is kept.
 
     python benchmarks/placement_study.py --budget small --precision bf16 --tasks mr   # one task per sitting
@@ -43,13 +45,13 @@ BUDGETS = {
     # default when the study's first columns were measured, so that columns run in later sittings stay comparable.
     "small": {"steps": 40, "eval_every": 20, "batch_size": 8, "max_length": 96, "search_trials": 10,
               "confirm_top": 2, "folds": 3, "boolq_test": 500, "mr_test": 500, "mr_train": 512, "mr_dev": 200,
-              "wic_test": None, "multirc_questions": 100, "search_pruner": "median"},
+              "wic_test": None, "multirc_questions": 100, "search_pruner": "median", "keep_manual": True},
     "smoke": {"steps": 2, "eval_every": 1, "batch_size": 4, "max_length": 64, "search_trials": 9, "confirm_top": 2,
               "folds": 2, "boolq_test": 40, "mr_test": 40, "mr_train": 40, "mr_dev": 20, "wic_test": 40,
-              "multirc_questions": 5, "search_pruner": "median"},  # checks the script runs
+              "multirc_questions": 5, "search_pruner": "median", "keep_manual": True},  # checks the script runs
     "full": {"steps": 100, "eval_every": 10, "batch_size": 8, "max_length": 256, "search_trials": 40,
              "confirm_top": 3, "folds": 4, "boolq_test": None, "mr_test": None, "mr_train": None, "mr_dev": None,
-             "wic_test": None, "multirc_questions": None, "search_pruner": "median"},
+             "wic_test": None, "multirc_questions": None, "search_pruner": "median", "keep_manual": True},
 }
 TASKS = ["rte", "cb", "boolq", "copa", "wic", "wsc", "multirc", "mr"]  # the seven FewGLUE tasks and MR
 FOLDERS = {name: "MR_snippets" if name == "mr" else "FewGLUE_32dev" for name in TASKS}
@@ -120,7 +122,8 @@ def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int]) 
                            n_trials=budget["search_trials"], seed=0, steps=budget["steps"],
                            eval_every=budget["eval_every"], batch_size=budget["batch_size"],
                            max_length=budget["max_length"], confirm_top=budget["confirm_top"], select="cv",
-                           folds=budget["folds"], pruner=budget["search_pruner"], progress=False)
+                           folds=budget["folds"], pruner=budget["search_pruner"], progress=False,
+                           keep_manual_unless_better=budget.get("keep_manual", False))
         started = time.time()
         found = search(cfg, task)  # the search sees the same subsets
         search_seconds = time.time() - started
@@ -150,7 +153,8 @@ def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int]) 
     return {"task": name, "metric": task.primary_metric, "subsets": {k: len(v) for k, v in keep.items()},
             "subset_indices": keep, "screen": {"seconds": screen["seconds"], "kept": screen["kept"]},
             "search": {"seconds": round(search_seconds, 1), "trials": found["trials"], "template": found["template"],
-                       "dev_interval": found["dev_interval"], "tied": found["tied"]},
+                       "dev_interval": found["dev_interval"], "tied": found["tied"],
+                       "verdict": found.get("verdict")},
             "rows": rows}
 
 
@@ -170,7 +174,15 @@ def markdown(results: list[dict], budget_name: str, seeds: list[int]) -> str:
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += ["", "Wall time per task: " + ", ".join(f"{r['task']} {r['seconds']:.0f} s (`{r['command']}`, commit "
                                                       f"{r['commit']}, {r['date']})" for r in results) + ".",
-              "", "Templates:", ""]
+              ""]
+    verdicts = [(r["task"], r["search"]["verdict"]) for r in results if r.get("search", {}).get("verdict")]
+    if verdicts:
+        lines += ["The search against the task's own template zero-shot on dev (paired bootstrap 90% interval; run with "
+                  "--keep-manual-unless-better, so a winner that is not better exports the manual template): "
+                  + "; ".join(f"{task} {v['word']} ({v['difference']:+.3f}, {v['interval'][0]:+.3f} to "
+                              f"{v['interval'][1]:+.3f}), exported the {v['exported']}" for task, v in verdicts)
+                  + ". Columns without it ran before the verdict existed.", ""]
+    lines += ["Templates:", ""]
     for r in results:
         for row, x in r["rows"].items():
             words = f" {x['verbalizer']}" if x.get("verbalizer") else ""

@@ -1,5 +1,9 @@
 import json
 import os
+import shutil
+import socket
+import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -88,3 +92,51 @@ def space_file(tmp_path) -> Path:
     path = tmp_path / "space.yaml"
     path.write_text(GOOD_LR_SPACE % (1e-3, 5e-2))
     return path
+
+
+# -- PostgreSQL, for the tests of several workers and of the study lock ---------------------------------------------
+def cannot_run(reason):
+    """Skip, except where the environment promises everything (.ci/run sets AUTOPLACE_NO_SKIP): fail there."""
+    if os.environ.get("AUTOPLACE_NO_SKIP"):
+        pytest.fail(f"AUTOPLACE_NO_SKIP is set, yet: {reason}")
+    pytest.skip(reason)
+
+
+def postgres(*args):
+    """tests/support/postgres.sh VERB DIR [PORT]."""
+    return subprocess.run([str(REPO / "tests" / "support" / "postgres.sh"), *map(str, args)], capture_output=True,
+                          text=True)
+
+
+def start_postgres():
+    """A private server on a free port: (its folder, its URL)."""
+    folder = Path("/tmp") / f"autoplace-pg-{uuid.uuid4().hex[:8]}"  # short: the socket path has a length limit
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = postgres("start", folder, port)
+    if started.returncode == 3:
+        cannot_run(started.stderr.strip())
+    assert started.returncode == 0, started.stderr
+    return folder, started.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """The CI server (.ci/run exports AUTOPLACE_TEST_POSTGRES), else a private one started here."""
+    if os.environ.get("AUTOPLACE_TEST_POSTGRES"):
+        yield os.environ["AUTOPLACE_TEST_POSTGRES"]
+        return
+    folder, url = start_postgres()
+    yield url
+    postgres("stop", folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def build_prompt(task_file, backbone, template, encoder="none", **kw):
+    """(task, featurizer, model) for a template on a backbone, as a trial builds them."""
+    from autoplace.config import PromptConfig
+    from autoplace.pipeline import build
+    from autoplace.tasks import get_task
+    task = get_task(str(task_file))
+    return task, *build(task, backbone, PromptConfig(template, encoder=encoder, **kw))

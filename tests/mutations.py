@@ -39,12 +39,13 @@ class Mutation:
 
 
 MODEL, SEARCH, ARTIFACT, WORDS = "tests/test_model.py", "tests/test_search.py", "tests/test_artifact.py", "tests/test_words.py"
+TRAINER = "tests/test_trainer.py"
 ANSWERS = "tests/test_answers.py"
 
 MUTATIONS = [
     Mutation("dev-selects", "dev selects: the best-dev prompt is kept, not the last",
              "autoplace/trainer.py", "stale = 0 if best is None or score > best[0] else stale + 1", "stale = 0",
-             (f"{MODEL}::test_dev_selects_the_kept_prompt_when_dev_rises_then_falls",)),
+             (f"{TRAINER}::test_dev_selects_the_kept_prompt_when_dev_rises_then_falls",)),
     Mutation("test-read-by-a-trial", "test is read once, for the winner only",
              "autoplace/study/worker.py", '        trial.set_user_attr("dev", result.dev)\n',
              '        trial.set_user_attr("dev", result.dev)\n'
@@ -57,7 +58,7 @@ MUTATIONS = [
     Mutation("backbone-in-optimizer", "the backbone is frozen: no optimizer state on it",
              "autoplace/trainer.py", "params = [p for p in model.encoder.parameters() if p.requires_grad and p.numel()]",
              "params = [p for p in (*model.encoder.parameters(), *model.backbone.model.parameters()) if p.numel()]",
-             (f"{MODEL}::test_the_optimizer_holds_the_prompt_and_nothing_of_the_backbone",)),
+             (f"{TRAINER}::test_the_optimizer_holds_the_prompt_and_nothing_of_the_backbone",)),
     Mutation("prune-at-last-step", "no pruning at a trial's last step",
              "autoplace/study/worker.py", "return is_reference or step >= last_step or not prune",
              "return is_reference or not prune",
@@ -124,7 +125,7 @@ MUTATIONS = [
              (f"{ANSWERS}::test_multirc_f1a_and_em_match_a_hand_computation",)),
     Mutation("patience-ignored", "patience stops a trial once dev stops improving",
              "autoplace/trainer.py", "if cfg.patience and stale >= cfg.patience and step < steps:", "if False:",
-             ("-k", "test_patience_stops_once_dev_has_not_improved", MODEL)),
+             ("-k", "test_patience_stops_once_dev_has_not_improved", TRAINER)),
     Mutation("queue-top-up-unlocked", "joiners asking for more trials at once queue exactly N",
              "autoplace/study/storage.py", "    with study_lock(url, name, waiting):\n", "    with contextlib.nullcontext():\n",
              ("tests/test_faults.py::test_joiners_asking_for_more_trials_at_once_queue_exactly_n[sqlite]",)),
@@ -138,7 +139,7 @@ MUTATIONS = [
     Mutation("batch-order-unseeded", "seeds reproduce a run: the batch order follows the seed",
              "autoplace/trainer.py", "order_rng = torch.Generator().manual_seed(cfg.seed)",
              "order_rng = torch.Generator(); order_rng.seed()",
-             (f"{MODEL}::test_two_runs_of_one_seed_give_the_same_prompt",)),
+             (f"{TRAINER}::test_two_runs_of_one_seed_give_the_same_prompt",)),
     Mutation("calibration-not-applied", "calibration: scores are divided by p_cf",
              "autoplace/calibration.py", "return scores.float().log_softmax(-1) - log_prior.to(scores.device)",
              "return scores.float().log_softmax(-1)",
@@ -147,7 +148,7 @@ MUTATIONS = [
     Mutation("calibration-of-the-last-prompt", "calibration: p_cf is the kept prompt's",
              "autoplace/trainer.py", "        model.encoder.load_state_dict(best[3])\n        refresh_calibration(model)\n",
              "        model.encoder.load_state_dict(best[3])\n",
-             (f"{MODEL}::test_dev_selects_the_kept_prompt_when_dev_rises_then_falls[calibrated]",)),
+             (f"{TRAINER}::test_dev_selects_the_kept_prompt_when_dev_rises_then_falls[calibrated]",)),
     Mutation("cv-picks-best-dev", "k-fold selection: the best mean over folds wins",
              "autoplace/study/winner.py", 'winner = max(results, key=lambda r: (r["mean"], r["search_dev"]))',
              'winner = max(results, key=lambda r: r["search_dev"])',

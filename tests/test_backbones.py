@@ -1,9 +1,15 @@
 """Loading a frozen backbone: devices, precision."""
+import math
+
 import pytest
 import torch
 
 from autoplace.backbones import resolve_device
+from autoplace.config import TrainConfig
 from autoplace.errors import AutoplaceError
+from autoplace.inference import evaluate
+from autoplace.trainer import train
+from conftest import build_prompt
 
 
 def test_a_bare_cuda_device_is_the_current_one_with_its_index(monkeypatch):
@@ -23,3 +29,27 @@ def test_cuda_on_a_machine_without_it_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(AutoplaceError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_bf16_precision_runs_the_frozen_forward_in_bf16_and_keeps_prompts_fp32(toy_task_file):
+    from autoplace.backbones import load_backbone
+    fp32, bf16 = load_backbone("tiny-gpt2", "cpu"), load_backbone("tiny-gpt2", "cpu", precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16") and fp32.model is bf16.model  # one loaded copy
+    scores = {}
+    for backbone in (fp32, bf16):
+        task, feat, model = build_prompt(toy_task_file, backbone, "[P:2] {sentence} It was [MASK]", encoder="mlp")
+        items = feat.encode_all(task.load_split("train"))
+        seen = []
+        hook = backbone.trunk.h[0].attn.register_forward_hook(lambda m, i, o: seen.append(o[0].dtype))
+        result = train(model, task, items, items, TrainConfig(steps=4, eval_every=2), progress=False)
+        hook.remove()
+        assert math.isfinite(result.losses[-1]) and model.encoder.input.dtype == torch.float32
+        assert set(seen) == {torch.bfloat16 if backbone is bf16 else torch.float32}
+        scores[backbone.precision] = evaluate(model, task, items)[0]["acc"]
+    assert abs(scores["bf16"] - scores["fp32"]) <= 0.25  # same prompts learned, up to bf16 rounding
+
+
+def test_unknown_precision_is_refused():
+    from autoplace.backbones import load_backbone
+    with pytest.raises(AutoplaceError, match="precision 'fp8'"):
+        load_backbone("tiny-gpt2", "cpu", precision="fp8")

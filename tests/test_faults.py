@@ -18,7 +18,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from autoplace.cli import main
-from conftest import REPO
+from conftest import cannot_run, postgres, start_postgres
 
 SPACE = """
 skeleton: "<start> {sentence} <after:sentence> It was <before:answer> [MASK]"
@@ -31,44 +31,6 @@ reference: {total_length: 4, lr: 0.05, encoder: none, init: vocab}
 """
 AUTOPLACE = Path(sys.executable).with_name("autoplace")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # several searches on a few cores: no thrashing
-
-
-def cannot_run(reason):
-    """Skip, except where the environment promises everything (.ci/run sets AUTOPLACE_NO_SKIP): fail there."""
-    if os.environ.get("AUTOPLACE_NO_SKIP"):
-        pytest.fail(f"AUTOPLACE_NO_SKIP is set, yet: {reason}")
-    pytest.skip(reason)
-
-
-def postgres(*args):
-    """tests/support/postgres.sh VERB DIR [PORT]."""
-    return subprocess.run([str(REPO / "tests" / "support" / "postgres.sh"), *map(str, args)], capture_output=True,
-                          text=True)
-
-
-def start_postgres():
-    """A private server on a free port: (its folder, its URL)."""
-    folder = Path("/tmp") / f"autoplace-pg-{uuid.uuid4().hex[:8]}"  # short: the socket path has a length limit
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    started = postgres("start", folder, port)
-    if started.returncode == 3:
-        cannot_run(started.stderr.strip())
-    assert started.returncode == 0, started.stderr
-    return folder, started.stdout.strip()
-
-
-@pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory):
-    """The CI server (.ci/run exports AUTOPLACE_TEST_POSTGRES), else a private one started here."""
-    if os.environ.get("AUTOPLACE_TEST_POSTGRES"):
-        yield os.environ["AUTOPLACE_TEST_POSTGRES"]
-        return
-    folder, url = start_postgres()
-    yield url
-    postgres("stop", folder)
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 class Server:

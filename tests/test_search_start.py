@@ -82,7 +82,7 @@ def test_a_ctrl_c_says_which_phase_it_stopped_in(capsys):
         with phase("setting up the study"):
             raise KeyboardInterrupt
     with pytest.raises(Interrupted, match="trial 3 was marked failed"):  # a trial's own word is kept
-        with phase("between trials"):
+        with phase("between two trials"):
             raise Interrupted("SIGINT", "interrupted (SIGINT): trial 3 was marked failed and queued again")
 
 
@@ -128,3 +128,57 @@ def test_export_prints_dev_as_train_does(toy_task_file, space_file, tmp_path, ca
     assert main(["export", str(out), "--out", str(tmp_path / "x")]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert isinstance(printed["dev"], dict) and "acc" in printed["dev"]
+
+
+def _stop_at(phase_name, monkeypatch):
+    """Make the search raise Ctrl-C once, in the named phase; returns a list that says whether it fired."""
+    from autoplace.study import progress, screen, winner, worker
+    owner, name = {"before the study": (worker.Objective, "__init__"),
+                   "during the screen": (screen, "screen"),  # the study exists; its set-up is unfinished
+                   "between trials": (progress.Progress, "trial_done"),
+                   "during the winner's retraining": (winner, "retrain")}[phase_name]
+    real, fired = getattr(owner, name), []
+
+    def stop(*args, **kwargs):
+        if fired:
+            return real(*args, **kwargs)
+        fired.append(True)
+        if phase_name == "between trials":  # the first trial is done and told
+            real(*args, **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(owner, name, stop)
+    return fired
+
+
+PHASES = ["before the study", "during the screen", "between trials", "during the winner's retraining"]
+SAID = {"before the study": "while loading the backbone", "during the screen": "while setting up or joining the study",
+        "between trials": "while between two trials", "during the winner's retraining": "while choosing, testing"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("where", PHASES)
+def test_a_search_stopped_in_any_phase_resumes_with_exactly_n_trials(request, backend, where, toy_task_file, tmp_path,
+                                                                    capsys, monkeypatch):
+    """Ctrl-C at each phase: one line naming the phase, exit 130; the same command again finishes at once (no wait
+    for a creator that is gone) with exactly N trials and a winner exported."""
+    import time
+    import uuid
+    space = tmp_path / "space.yaml"
+    space.write_text(WORDS_SPACE)
+    out = tmp_path / "s"
+    storage = (request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{out}/study.db")
+    args = ["--n-trials", "5", "--confirm-top", "1", "--confirm-seeds", "1", "--storage", storage,
+            "--study-name", f"phases-{uuid.uuid4().hex[:8]}"]
+    fired = _stop_at(where, monkeypatch)
+    assert _search(toy_task_file, space, out, *args) == 130 and fired
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said[-1].startswith("autoplace: interrupted") and SAID[where] in said[-1], said[-1]
+    monkeypatch.undo()
+    started = time.time()
+    assert _search(toy_task_file, space, out, *args) == 0
+    assert time.time() - started < 120
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["done"] == "5 of 5" and (out / "best" / "template.json").is_file()
+    study = optuna.load_study(storage=storage, study_name=args[-1])
+    assert sum(t.state.is_finished() and t.state.name != "FAIL" for t in study.trials) == 5

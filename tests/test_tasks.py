@@ -161,3 +161,15 @@ def test_cloze_task_scores_p_at_1_over_the_vocabulary(tiny_gpt2, tmp_path):
         top = model.eval()(**collate(items, 0)).argmax(-1).tolist()
     hits = [top[i] in items[i].targets for i in range(4)]
     assert set(metrics) == {"p@1"} and metrics["p@1"] == sum(hits) / 4 and metrics["p@1"] > 0
+
+
+def test_a_fixed_row_choice_keeps_groups_whole_and_never_exceeds_n():
+    from autoplace.tasks.base import fixed_rows
+    groups = ["q1"] * 3 + ["q2"] * 2 + ["q3"] * 4 + ["q4"]
+    for n in range(1, 11):
+        rows = fixed_rows(len(groups), n, groups)
+        assert rows == sorted(rows) and rows == fixed_rows(len(groups), n, groups)  # in order, and the same each time
+        kept = {groups[r] for r in rows}
+        assert sorted(rows) == [r for r, g in enumerate(groups) if g in kept]  # each question wholly in or out
+        assert len(rows) <= n or len(kept) == 1  # a question larger than n is kept alone rather than none
+    assert len(fixed_rows(100, 10)) == 10 and fixed_rows(5, 10) == [0, 1, 2, 3, 4]

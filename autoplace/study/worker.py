@@ -189,7 +189,7 @@ def work(cfg: SearchConfig, worker: int = 0, task=None, objective: Objective | N
     start, done, failures = time.time(), {"complete": 0, "pruned": 0, "fail": 0}, []
     progress = Progress(study, worker, cfg.progress)
     try:
-        with phase("between trials"):
+        with phase("between two trials"):
             while cfg.timeout is None or time.time() - start < cfg.timeout:
                 reclaim_orphans(study)
                 trial = claim(study)
