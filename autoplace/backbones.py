@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import PRECISIONS, SMOLLM2
-from .errors import AutoplaceError
+from .errors import AutoplaceError, say
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -161,7 +161,22 @@ def load_backbone(name: str, device: str | None = None, trust_remote_code: bool 
     """Load (once per process) and freeze a backbone: eval mode, no gradients, weights never change."""
     _quiet_transformers()
     device = resolve_device(device)
-    return _view(_frozen(name, device, trust_remote_code), resolve_precision(precision, device))
+    precision = resolve_precision(precision, device)
+    if precision == "bf16" and torch.device(device).type == "cpu":
+        _warn_if_bf16_is_slow()
+    return _view(_frozen(name, device, trust_remote_code), precision)
+
+
+_WARNED: set[str] = set()  # the notes this process has printed: a search loads its backbone more than once
+
+
+def _warn_if_bf16_is_slow() -> None:
+    """bf16 on a CPU without bf16 instructions is emulated, about 4x slower than fp32, and nothing else says so."""
+    if cpu_has_bf16() or "bf16" in _WARNED:
+        return
+    _WARNED.add("bf16")
+    say("precision bf16 on a CPU without bf16 instructions (neither avx512_bf16 nor amx_bf16 among its flags): "
+        "fp32 is likely faster (bf16 was ~4x slower there); use --precision fp32 or auto")
 
 
 @functools.cache

@@ -36,6 +36,7 @@ SCREEN_KEEP = 4                   # screened candidates that become the study's 
 SCREEN_EXAMPLES = 256             # at most this many train (and dev) examples in the zero-shot screen
 AUTO_WORDS_PER_CLASS = 5          # automatic label words: candidates per class ...
 AUTO_WORD_SETS = 3                # ... and combinations kept
+AUTO_COMBINATIONS = 100           # ... of at most this many scored (k**classes: 5 words for 10 labels is 9.8M)
 DERIVED_EVAL_EXAMPLES = 256       # a derived space scores at most this many dev examples per evaluation
 DERIVED_MAX_LENGTH = 256          # a derived space's input budget when no tokenizer measures one
 

@@ -3,8 +3,8 @@
 Why: a prompt whose only slot starts the input (``[P:n] {sentence} ... [MASK]``) on a causal LM is exactly what
 PEFT's P-tuning does: it prepends ``num_virtual_tokens`` vectors to the token embeddings. Such a prompt can then be
 served by anything that speaks PEFT (``peft.PeftModel.from_pretrained(base_model, out_dir)``). Prompts anywhere
-else (a slot after text, several slots) and masked LMs have no PEFT equivalent and are refused with an
-AutoplaceError.
+else (a slot after text, several slots), masked LMs and calibrated prompts (PEFT has no place for the content-free
+prior their scores are divided by) have no PEFT equivalent and are refused with an AutoplaceError.
 
 How: autoplace's encoder (none / mlp / lstm) is run once and its output, the final prompt vectors
 (n_tokens, hidden), is saved as PEFT's ``prompt_embeddings`` in ``adapter_model.safetensors``; the
@@ -47,6 +47,11 @@ def check_exportable(run: PromptRun) -> None:
     if run.featurizer.prefix:
         raise AutoplaceError(f"PEFT can only prepend prompts: backbone {run.backbone.name}'s tokenizer puts "
                              f"{len(run.featurizer.prefix)} special token(s) before the prompt")
+    if run.prompt.calibrate or run.model.log_prior is not None:
+        raise AutoplaceError("PEFT export would drop this prompt's calibration: it is calibrated (its label scores "
+                             "are divided by a content-free prior, p_cf) and a PEFT adapter has no place for that "
+                             "prior, so it would score differently; export --format autoplace, or pick an "
+                             "uncalibrated trial with --trial")
     slots = template.slots
     if not slots:
         raise AutoplaceError(f"PEFT export needs a prompt: template {template.text!r} has no [P] slot")

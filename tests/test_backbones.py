@@ -53,3 +53,19 @@ def test_unknown_precision_is_refused():
     from autoplace.backbones import load_backbone
     with pytest.raises(AutoplaceError, match="precision 'fp8'"):
         load_backbone("tiny-gpt2", "cpu", precision="fp8")
+
+
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns_once(has_bf16, monkeypatch, capsys):
+    from autoplace import backbones
+    monkeypatch.setattr(backbones, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(backbones, "_WARNED", set(), raising=False)  # as in a fresh process
+    capsys.readouterr()
+    for precision in ("bf16", "bf16", "fp32", "auto"):  # a search loads its backbone more than once
+        backbones.load_backbone("tiny-gpt2", "cpu", precision=precision)
+    lines = capsys.readouterr().err.splitlines()
+    if has_bf16:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].startswith("autoplace: precision bf16 on a CPU without bf16 instructions")
+        assert "avx512_bf16" in lines[0] and "amx_bf16" in lines[0] and "fp32 is likely faster" in lines[0]

@@ -81,3 +81,30 @@ def test_the_printed_space_fed_back_gives_the_same_trials(tmp_path, capsys):
     import yaml
     max_length = yaml.safe_load((tmp_path / "a" / "space.yaml").read_text())["budget"]["max_length"]
     assert 32 <= max_length <= 64  # measured from these short examples, not the default 256
+
+
+@pytest.mark.parametrize("template, skeleton", [
+    ("{premise}? [MASK], {hypothesis}",  # a masked-LM template that ends in a field
+     "<start> {premise}? <after:premise> [MASK], <end> {hypothesis} <after:hypothesis>"),
+    ("[MASK]: {sentence}", "<start> [MASK]: <end> {sentence} <after:sentence>"),
+    ("[MASK] {sentence}.", "<start> [MASK] <end> {sentence}. <after:sentence>"),
+    ("{a}{b} [MASK]", "<start> {a}{b} <after:b> [MASK] <end>"),  # glued fields stay glued
+])
+def test_a_template_that_ends_in_a_field_starts_with_the_answer_or_glues_fields(template, skeleton):
+    from autoplace.study.space import Skeleton
+    assert skeleton_of(template, "t") == skeleton
+    assert Skeleton(skeleton, ()).manual_template == template  # the task's own template, unchanged
+
+
+def test_a_masked_lm_template_that_ends_in_a_field_gets_a_space_and_searches(tmp_path, capsys):
+    from autoplace.study.space import load_space
+    from autoplace.tasks import get_task
+    task = _task(tmp_path, "mine", ["evidence", "claim"], "{evidence}? [MASK], {claim}")
+    assert main(["space", "--task", str(task), "--model", "tiny-bert", "--out", str(tmp_path / "space.yaml")]) == 0
+    space = load_space(tmp_path / "space.yaml")
+    space.check(get_task(str(task)))
+    assert space.manual_template == "{evidence}? [MASK], {claim}"
+    assert main(["search", "--task", str(task), "--out", str(tmp_path / "s"), *FAST[2:], "--model", "tiny-bert"]) == 0
+    capsys.readouterr()
+    trials = optuna.load_study(storage=f"sqlite:///{tmp_path}/s/study.db", study_name="autoplace-mine").trials
+    assert len(trials) == 5

@@ -91,3 +91,20 @@ def test_masked_lm_is_refused(tiny_bert, toy_task_file, tmp_path):
     run = prepare(get_task(str(toy_task_file)), tiny_bert, PromptConfig(PREFIX_TEMPLATE, encoder="none"))
     with pytest.raises(AutoplaceError, match="PEFT export needs a causal LM: backbone tiny-bert is a masked LM"):
         export_peft(run, tmp_path / "adapter")
+
+
+def test_a_calibrated_prompt_is_refused_not_exported_without_its_prior(tiny_gpt2, toy_task_file, tmp_path):
+    """PEFT has no place for the content-free prior, so the adapter would score differently from autoplace."""
+    from autoplace.runner import export, load, metadata
+    run = prepare(get_task(str(toy_task_file)), tiny_gpt2, PromptConfig(PREFIX_TEMPLATE, encoder="none",
+                                                                         calibrate=True))
+    cfg = TrainConfig(steps=2, eval_every=1)
+    export(tmp_path / "artifact", run, metadata(run, cfg, fit(run, cfg, progress=False), None))
+    loaded, meta = load(tmp_path / "artifact")
+    assert meta["prompt"]["calibrate"] and meta["calibration"]["p_cf"]  # what `export --format peft` is handed
+    for calibrated in (run, loaded):
+        with pytest.raises(AutoplaceError, match=r"calibrated .*content-free prior.*PEFT adapter has no place "
+                                                 r"for that prior.*--format autoplace.*--trial") as caught:
+            export_peft(calibrated, tmp_path / "adapter")
+        assert "\n" not in str(caught.value)
+    assert not any(tmp_path.glob("*adapter*"))

@@ -1,5 +1,6 @@
 """The words as well as the places: phrasings and label words in the space, the zero-shot screen, automatic label
 words and contextual calibration."""
+import itertools
 import json
 import math
 
@@ -11,6 +12,7 @@ from autoplace.calibration import apply
 from autoplace.cli import main
 from autoplace.config import PromptConfig
 from autoplace.runner import export, fit, prepare
+from autoplace.study.report import screen_table
 from autoplace.study.screen import screen
 from autoplace.study.space import load_space
 from autoplace.tasks import get_task
@@ -330,3 +332,69 @@ def test_a_cloze_space_with_several_phrasings_is_screened_over_the_whole_vocabul
     assert rows["t0.v0.raw"]["train"] == rows["t0.v0.raw"]["dev"] == hits / 8
     assert rows["t1.v0.raw"]["template"] == second and rows["t1.v0.raw"]["train"] == scored(second)[2] < hits / 8
     assert [w.key for w in kept] == ["t0.v0.raw", "t1.v0.raw"]
+
+
+AUTO_SPACE = """
+templates: ["<start> {sentence} <after:sentence> It was <before:answer> [MASK]"]
+verbalizers: auto
+screen: {keep: 2, examples: 64}
+auto_verbalizer: {k: 5, n: 3}
+budget: {steps: 2, eval_every: 1, batch_size: 8, max_length: 32}
+"""
+
+
+def _counting_scores(monkeypatch):
+    """Every combination of automatic label words the screen scores, with its train accuracy."""
+    from autoplace.study import screen as screen_module
+    scored, score = [], screen_module._train_accuracy
+    monkeypatch.setattr(screen_module, "_train_accuracy",
+                        lambda logits, labels, combo: scored.append((combo, score(logits, labels, combo), logits,
+                                                                     labels)) or scored[-1][1])
+    return scored
+
+
+def test_automatic_words_for_many_labels_score_a_bounded_number_of_combinations_and_say_so(tmp_path, tiny_gpt2,
+                                                                                          monkeypatch):
+    from autoplace.config import AUTO_COMBINATIONS
+    names = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    rows = [{"sentence": f"the movie was {names[i % 10]} times {w}", "label": names[i % 10]}
+            for i, w in enumerate(["good", "bad", "fine", "odd"] * 10)]
+    for split in ("train", "dev", "test"):
+        write_jsonl(tmp_path / f"{split}.jsonl", rows)
+    (tmp_path / "ten.yaml").write_text(
+        "name: ten\nkind: classification\ndata_files: {train: train.jsonl, dev: dev.jsonl, test: test.jsonl}\n"
+        "fields: [sentence]\nverbalizer: {" + ", ".join(f'{n}: " {n}"' for n in names) + "}\n"
+        'template: "{sentence} It was [MASK]"\n')
+    (tmp_path / "space.yaml").write_text(AUTO_SPACE)
+    scored = _counting_scores(monkeypatch)
+    _, record = screen(load_space(tmp_path / "space.yaml"), get_task(str(tmp_path / "ten.yaml")), tiny_gpt2, None)
+    searched = record["auto_words"]["t0"]
+    assert searched["combinations"] == 5 ** 10 and searched["capped"] is True  # 9.8 million, not enumerated
+    assert searched["considered"] == AUTO_COMBINATIONS and len(scored) == searched["scored"] <= AUTO_COMBINATIONS
+    automatic = [r["verbalizer"] for r in record["rows"] if r["key"].startswith("t0.a")]
+    assert len(automatic) == 3 and all(len(set(words.values())) == 10 for words in automatic)
+    assert f"capped: only the {AUTO_COMBINATIONS} most probable were considered" in "\n".join(screen_table(record))
+
+
+def test_automatic_words_for_two_labels_still_score_every_combination(toy_task_file, tmp_path, tiny_gpt2,
+                                                                      monkeypatch):
+    (tmp_path / "space.yaml").write_text(AUTO_SPACE)
+    scored = _counting_scores(monkeypatch)
+    _, record = screen(load_space(tmp_path / "space.yaml"), get_task(str(toy_task_file)), tiny_gpt2, None)
+    assert record["auto_words"]["t0"] == {"per_class": 5, "classes": 2, "combinations": 25, "considered": 25,
+                                          "scored": len(scored), "capped": False}
+    # as before the cap: each class's 5 most probable whole words, every pair of them in order, the best 3 kept
+    from autoplace.featurize import Featurizer
+    from autoplace.pipeline import parse_for
+    from autoplace.study.screen import whole_word_tokens
+    task, (_, _, logits, labels) = get_task(str(toy_task_file)), scored[0]
+    featurizer = Featurizer(parse_for(task, tiny_gpt2, "{sentence} It was [MASK]"), task, tiny_gpt2, 32)
+    whole = whole_word_tokens(featurizer, logits.shape[-1])
+    per_class = [logits.float().log_softmax(-1)[labels == c].mean(0).masked_fill(~whole, float("-inf"))
+                 .topk(5).indices.tolist() for c in range(2)]
+    assert [s[0] for s in scored] == [c for c in itertools.product(*per_class) if c[0] != c[1]]
+    best = [s[0] for s in sorted(scored, key=lambda s: -s[1])[:3]]
+    decode = tiny_gpt2.tokenizer.decode
+    automatic = [r["verbalizer"] for r in record["rows"] if r["key"].startswith("t0.a")]
+    assert automatic == [{"pos": decode([a]), "neg": decode([b])} for a, b in best]
+    assert "all 25 were considered" in "\n".join(screen_table(record))

@@ -24,7 +24,11 @@ SLOT_ROOM = 3 * 8  # the most prompt tokens the default ranges place (3 slots of
 
 
 def skeleton_of(template: str, task_name: str) -> str:
-    """The template with <place> markers: <start>, <after:FIELD>, <before:answer>, <end>."""
+    """The template with <place> markers: <start>, <after:FIELD>, <before:answer>, <end> (right after [MASK]).
+
+    Rendered with no prompt it is the task's own template: punctuation written right after a field or [MASK] stays
+    with it, and fields written with nothing between them stay glued (no place between them), since a marker
+    renders as a space. [MASK] may come first or in the middle (masked LMs), a field may end the template."""
     parts = [p for p in parse(template).parts if not isinstance(p, Slot)]  # the search places its own prompts
     if not any(isinstance(p, Field) for p in parts):
         raise AutoplaceError(f"task {task_name}: its template {template!r} has no {{field}}, so there is nowhere "
@@ -32,24 +36,31 @@ def skeleton_of(template: str, task_name: str) -> str:
     mask_at = next(i for i, p in enumerate(parts) if isinstance(p, Mask))
     seen: dict[str, int] = {}
     out = [" <start> "]
+
+    def attach(i: int) -> str:
+        """The punctuation written right after part i ("{hypothesis}?", "[MASK],"), taken off the text after it."""
+        follows = parts[i + 1].text if i + 1 < len(parts) and isinstance(parts[i + 1], Text) else ""
+        attached = ATTACHED.match(follows).group(0)
+        if attached:
+            parts[i + 1] = Text(follows[len(attached):])
+        return attached
+
     for i, part in enumerate(parts):
         if isinstance(part, Field):
             seen[part.name] = seen.get(part.name, 0) + 1
             suffix = "" if seen[part.name] == 1 else f"-{seen[part.name]}"
-            follows = parts[i + 1].text if isinstance(parts[i + 1], Text) else ""
-            attached = ATTACHED.match(follows).group(0)  # "{hypothesis}?": the mark stays with its field
-            out += [f"{{{part.name}}}{attached}", f" <after:{part.name}{suffix}> "]
-            if attached:
-                parts[i + 1] = Text(follows[len(attached):])
+            out.append(f"{{{part.name}}}{attach(i)}")
+            if not (i + 1 < len(parts) and isinstance(parts[i + 1], Field)):  # "{a}{b}": one place, after both
+                out.append(f" <after:{part.name}{suffix}> ")
         elif isinstance(part, Text) and i == mask_at - 1 and part.text.strip():
             out += _lead_in(part.text)
         elif isinstance(part, Text):
             out.append(part.text)
         elif isinstance(part, Mask):
             last = next(x for x in reversed(out) if x.strip())
-            if " <before:answer> " not in out and not last.startswith(" <after:"):
+            if " <before:answer> " not in out and not last.startswith((" <after:", " <start>")):
                 out.append(" <before:answer> ")
-            out += ["[MASK]", " <end> "]
+            out += [f"[MASK]{attach(i)}", " <end> "]
     return re.sub(r" *\n *", "\n", re.sub(r" {2,}", " ", "".join(out))).strip()
 
 

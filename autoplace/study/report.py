@@ -31,6 +31,7 @@ def screen_table(screen: dict | None) -> list[str]:
              f"{len(screen['rows'])} candidates scored forward-only on {screen['examples']['train']} train and "
              f"{screen['examples']['dev']} dev examples in {screen['seconds']} s, by "
              f"{screen.get('metric', 'acc')}; the kept ones are the study's `words` choice.", "",
+             *_auto_words_lines(screen.get("auto_words", {})),
              "| candidate | template | label words | calibrated | train | dev | kept |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in sorted(screen["rows"], key=lambda r: -(r["both"] if r["both"] is not None else -1)):
@@ -40,6 +41,18 @@ def screen_table(screen: dict | None) -> list[str]:
                      f"{_fmt(row['train'])} | {_fmt(row['dev'])} | "
                      f"{'**kept**' if row['key'] in screen['kept'] else row['reason']} |")
     return lines + [""]
+
+
+def _auto_words_lines(auto_words: dict) -> list[str]:
+    """How each phrasing's automatic label words were searched: all combinations, or the capped best-first few."""
+    lines = []
+    for phrasing, searched in auto_words.items():
+        every = (f"{searched['per_class']} words per class for {searched['classes']} classes make "
+                 f"{searched['combinations']} combinations")
+        lines.append(f"Automatic label words ({phrasing}): {every}; " + (
+            f"capped: only the {searched['considered']} most probable were considered." if searched["capped"]
+            else f"all {searched['considered']} were considered."))
+    return lines + [""] if lines else []
 
 
 def position_table(trials) -> list[dict]:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
 from ..calibration import apply, content_free_examples
+from ..config import AUTO_COMBINATIONS
 from ..prompt_encoders import PromptEncoder
 from ..featurize import Featurizer
 from ..tasks.base import fixed_rows
@@ -58,8 +60,12 @@ def screen(space: SearchSpace, task, backbone, data_dir: str | None) -> tuple[li
     train, dev = (_subset(task.load_split(split, data_dir), space.screen_examples, task.group_field)
                   for split in ("train", "dev"))
     rows: list[Row] = []
+    auto_words: dict[str, dict] = {}  # per phrasing: how many automatic combinations there were and were scored
     for t, skeleton in enumerate(space.skeletons):
-        rows += _screen_skeleton(space, t, skeleton.manual_template, task, backbone, train, dev)
+        found, searched = _screen_skeleton(space, t, skeleton.manual_template, task, backbone, train, dev)
+        rows += found
+        if searched:
+            auto_words[f"t{t}"] = searched
     usable = sorted((r for r in rows if r.reason is None), key=lambda r: -r.both)  # stable: listed order breaks ties
     if not usable:
         raise AutoplaceError(f"the zero-shot screen dropped every candidate; the first: {rows[0].key} "
@@ -70,14 +76,17 @@ def screen(space: SearchSpace, task, backbone, data_dir: str | None) -> tuple[li
     words = [Words(r.key, int(r.key.split(".")[0][1:]), r.verbalizer, r.calibrate) for r in kept]
     record = {"seconds": round(time.perf_counter() - start, 2), "examples": {"train": len(train), "dev": len(dev)},
               "metric": task.primary_metric, "kept": [w.key for w in words], "rows": [asdict(r) for r in rows]}
+    if auto_words:
+        record["auto_words"] = auto_words
     return words, record
 
 
-def _screen_skeleton(space, t: int, template: str, task, backbone, train, dev) -> list[Row]:
+def _screen_skeleton(space, t: int, template: str, task, backbone, train, dev) -> tuple[list[Row], dict | None]:
+    """(the phrasing's candidate rows, how its automatic label words were searched or None)."""
     try:
         parsed = parse_for(task, backbone, template)
     except TemplateError as exc:  # e.g. a phrasing whose [MASK] is not last, on a causal model
-        return [Row(f"t{t}.*", template, {}, False, reason=str(exc))]
+        return [Row(f"t{t}.*", template, {}, False, reason=str(exc))], None
     splits = {"train": train, "dev": dev, "content_free": content_free_examples(task)}
     first = None if task.scores_whole_answers and not space.auto_verbalizers else \
         _FirstTokens(parsed, task, backbone, space, splits)  # the first tokens' scores; auto words come from them
@@ -86,9 +95,11 @@ def _screen_skeleton(space, t: int, template: str, task, backbone, train, dev) -
     answers["both"] = answers["train"] + answers["dev"]
     reader = _WholeAnswers(parsed, backbone, space, splits) if task.scores_whole_answers else first
     candidates = [(f"v{i}", words) for i, words in enumerate(space.verbalizers or [task.verbalizer])]
+    searched = None
     if space.auto_verbalizers:
         labels = torch.tensor([a.label for a in answers["train"]])
-        found = auto_verbalizers(first.logits["train"], labels, task, first.featurizer, space.auto_k, space.auto_n)
+        found, searched = auto_verbalizers(first.logits["train"], labels, task, first.featurizer, space.auto_k,
+                                           space.auto_n)
         candidates += [(f"a{i}", words) for i, words in enumerate(found)]
     rows = []
     for name, words in candidates:
@@ -105,7 +116,7 @@ def _screen_skeleton(space, t: int, template: str, task, backbone, train, dev) -
                 row.train, row.dev, row.both = (worded.score(predicted[s], answers[s])[task.primary_metric]
                                                 for s in ("train", "dev", "both"))
             rows.append(row)
-    return rows
+    return rows, searched
 
 
 def _answers(task, split, token_of) -> list[Answer]:
@@ -172,26 +183,47 @@ def label_rows(featurizer: Featurizer, task) -> tuple[list[int], str | None]:
 
 
 def auto_verbalizers(logits: torch.Tensor, labels: torch.Tensor, task, featurizer: Featurizer, k: int,
-                     n: int) -> list[dict]:
+                     n: int, most: int = AUTO_COMBINATIONS) -> tuple[list[dict], dict]:
     """LM-BFF's automatic label words on the frozen model: per class, the k whole-word tokens most probable at
-    the answer over that class's train examples; the n combinations with the best zero-shot train accuracy."""
+    the answer over that class's train examples; the n combinations with the best zero-shot train accuracy.
+
+    There are k**classes combinations (5 words for 10 labels: 9.8 million), so at most `most` are scored: all of
+    them when they are that few, else the most probable ones (summed per-class log-probability, a beam), as LM-BFF
+    prunes its search. Returns (the label words, how they were searched: the record says whether it capped)."""
     log_probs = logits.float().log_softmax(-1)
     whole = whole_word_tokens(featurizer, logits.shape[-1])
-    per_class = []
+    per_class, per_class_scores = [], []
     for c in range(len(task.labels)):
         mine = log_probs[labels == c]
         if not len(mine):
-            return []  # a class absent from train: nothing to learn its word from
-        score = mine.mean(0).masked_fill(~whole, float("-inf"))
-        per_class.append(score.topk(k).indices.tolist())
-    scored = []
-    for combo in itertools.product(*per_class):
-        if len(set(combo)) == len(combo):
-            accuracy = float((logits[:, list(combo)].argmax(-1) == labels).float().mean())
-            scored.append((accuracy, combo))
+            return [], {}  # a class absent from train: nothing to learn its word from
+        best = mine.mean(0).masked_fill(~whole, float("-inf")).topk(k)
+        per_class.append(best.indices.tolist())
+        per_class_scores.append(best.values.tolist())
+    total = math.prod(len(words) for words in per_class)
+    combos = list(itertools.product(*per_class)) if total <= most else _beam(per_class, per_class_scores, most)
+    scored = [(_train_accuracy(logits, labels, combo), combo) for combo in combos if len(set(combo)) == len(combo)]
     scored.sort(key=lambda pair: -pair[0])
     decode = featurizer.tokenizer.decode
-    return [{label: decode([token]) for label, token in zip(task.labels, combo)} for _, combo in scored[:n]]
+    searched = {"per_class": k, "classes": len(per_class), "combinations": total, "considered": len(combos),
+                "scored": len(scored), "capped": total > most}
+    return [{label: decode([token]) for label, token in zip(task.labels, combo)} for _, combo in scored[:n]], searched
+
+
+def _train_accuracy(logits: torch.Tensor, labels: torch.Tensor, combo: tuple[int, ...]) -> float:
+    """Zero-shot train accuracy with these tokens as the label words."""
+    return float((logits[:, list(combo)].argmax(-1) == labels).float().mean())
+
+
+def _beam(per_class: list[list[int]], scores: list[list[float]], most: int) -> list[tuple[int, ...]]:
+    """At most `most` combinations (a different token per class) of high summed score, best first: a beam over the
+    classes, keeping the `most` best partial combinations after each, so the work is classes x most x k."""
+    beam: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]
+    for tokens, token_scores in zip(per_class, scores):
+        grown = [(total + score, combo + (token,)) for total, combo in beam
+                 for token, score in zip(tokens, token_scores) if token not in combo]
+        beam = sorted(grown, key=lambda pair: -pair[0])[:most]  # stable: ties keep the per-class ranking's order
+    return [combo for _, combo in beam]
 
 
 def whole_word_tokens(featurizer: Featurizer, size: int) -> torch.Tensor:
