@@ -194,6 +194,8 @@ CASES = {
         lambda r, t: _search(r, t, storage="postgresql://u:hunter2@127.0.0.1:1/x"), "u:***@127.0.0.1:1/x"),
     "export unknown study": (lambda r, t: ["export", "--storage", f"sqlite:///{r}/study/study.db", "--study-name",
                                            "nope", "--out", str(t / "out")], "has no study 'nope'"),
+    "report unknown study": (lambda r, t: ["report", "--storage", f"sqlite:///{r}/study/study.db", "--study-name",
+                                           "nope", "--out", str(t / "out")], "has no study 'nope'"),
     "export unknown trial": (lambda r, t: ["export", "--storage", f"sqlite:///{r}/study/study.db", "--study-name",
                                            "autoplace-toy", "--trial", "99", "--out", str(t / "out")],
                              "has no trial 99"),

@@ -326,7 +326,7 @@ def test_a_search_prints_one_line_per_finished_trial_unless_quiet(toy_task_file,
     lines = [line for line in done.stderr.splitlines() if line.startswith("autoplace: trial ")]
     assert len(lines) == 5 and "\r" not in done.stderr  # one line per trial, no bar redrawn in a log
     assert lines[0].startswith("autoplace: trial 0 complete (1/5 done, ETA ")
-    assert "none `{sentence} It was [MASK]` · dev acc " in lines[0] and "best " in lines[0]
+    assert "none `{sentence} It was [MASK]` [yes/no] · dev acc " in lines[0] and "best " in lines[0]  # its words too
     assert lines[-1].startswith("autoplace: trial 4 complete (5/5 done) · ")
     assert json.loads(done.stdout)["trials"]["complete"] == 5
     quiet = subprocess.run(cmd + ["--out", str(tmp_path / "b"), "--quiet"], capture_output=True, text=True,

@@ -73,6 +73,7 @@ def test_the_screen_scores_at_the_runs_max_length_as_its_zero_shot_trials_do(toy
     words = calibrated.user_attrs["words"]
     assert words.endswith(", cf") and words.split(",")[0] in ("great/terrible", "good/bad")
     assert f"[{words}]" in err  # the trial's line
+    assert "zero-shot screen: 1 phrasing(s)" in err and "zero-shot screen: phrasing 1 of 1 scored" in err
     report = (out / "report.md").read_text()
     assert "| words |" in report and f"| {words} |" in report
 
@@ -182,3 +183,24 @@ def test_a_search_stopped_in_any_phase_resumes_with_exactly_n_trials(request, ba
     assert summary["done"] == "5 of 5" and (out / "best" / "template.json").is_file()
     study = optuna.load_study(storage=storage, study_name=args[-1])
     assert sum(t.state.is_finished() and t.state.name != "FAIL" for t in study.trials) == 5
+
+
+def test_a_search_never_goes_quiet_for_long(monkeypatch, capsys):
+    """Whenever QUIET_SECONDS pass without a line, the ticker says what the search is doing."""
+    import time
+    from autoplace.errors import say
+    from autoplace.study import progress
+    monkeypatch.setattr(progress, "QUIET_SECONDS", 1.0)
+    with progress.TICKER.running(True):
+        progress.TICKER.doing("training trial 7")
+        time.sleep(2.6)
+        say("trial 7 complete")
+        time.sleep(0.5)  # a line was just said: nothing more yet
+    err = capsys.readouterr().err.splitlines()
+    stills = [line for line in err if line.startswith("autoplace: still training trial 7")]
+    assert 1 <= len(stills) <= 2 and err[-1] == "autoplace: trial 7 complete"
+    with progress.TICKER.running(False):  # --quiet: no ticker
+        progress.TICKER.doing("x")
+        time.sleep(1.5)
+    assert capsys.readouterr().err == ""
+

@@ -66,7 +66,8 @@ def open_study(cfg: SearchConfig, objective) -> optuna.Study:
         if space.needs_screen() and "words" not in study.user_attrs:
             from .screen import screen
             at_budget = dataclasses.replace(space, budget=budget)  # the run's --max-length, as its trials have
-            kept, record = screen(at_budget, objective.task, objective.backbone, cfg.data_dir)
+            kept, record = screen(at_budget, objective.task, objective.backbone, cfg.data_dir,
+                                  quiet=cfg.progress is False)
             study.set_user_attr("screen", record)
             study.set_user_attr("words", [w.to_dict() for w in kept])
         space.words = words_of(study)

@@ -5,6 +5,7 @@ carries the final JSON), so logs and CI show them too; `--quiet` turns them off.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -13,7 +14,45 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from ..errors import LAST_SAID, say
 from .storage import stored_trial
+
+QUIET_SECONDS = 30.0  # the longest a search may print nothing
+
+
+class Ticker:
+    """A search never goes quiet for long: whenever QUIET_SECONDS pass without a line, it says what it is doing (the
+    phase, or the trial it trains) and for how long, so a slow screen or trial on a CPU never looks hung."""
+
+    def __init__(self):
+        self.what, self.since, self.stop = None, 0.0, threading.Event()
+
+    def doing(self, what: str) -> None:
+        self.what, self.since = what, time.monotonic()
+
+    @contextlib.contextmanager
+    def running(self, enabled: bool):
+        if not enabled:
+            yield
+            return
+        self.stop.clear()
+        LAST_SAID[0] = time.monotonic()
+        thread = threading.Thread(target=self._watch, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            self.stop.set()
+            thread.join()
+            self.what = None
+
+    def _watch(self) -> None:
+        while not self.stop.wait(1.0):
+            if self.what and time.monotonic() - LAST_SAID[0] >= QUIET_SECONDS:
+                say(f"still {self.what} ({_duration(time.monotonic() - self.since)} so far)")
+
+
+TICKER = Ticker()  # one per process: the search's phases and trials tell it what they are doing
 
 
 class Progress:
@@ -39,6 +78,7 @@ class Progress:
         self.bar.refresh()
         if self.enabled:
             tqdm.write(self.line(study, trial, state, reason, seconds, finished), file=sys.stderr)
+            LAST_SAID[0] = time.monotonic()
 
     def line(self, study, trial, state: str, reason: str | None, seconds: float, finished: list) -> str:
         frozen = stored_trial(study, trial)

@@ -15,6 +15,7 @@ from .opening import open_study
 from .storage import counts, open_storage, redact
 from .trials import ensemble_from_trials
 from .winner import choose_winner, judge_dev, manual_template, top_ensemble, verdict
+from .progress import TICKER
 from .worker import Objective, phase, raise_on_sigterm, work
 
 
@@ -23,6 +24,11 @@ def search(cfg: SearchConfig, task=None) -> dict:
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     start = time.time()
     raise_on_sigterm()
+    with TICKER.running(cfg.progress is not False):
+        return _search(cfg, task, start)
+
+
+def _search(cfg: SearchConfig, task, start: float) -> dict:
     with phase("loading the backbone"):
         objective = Objective(cfg, cfg.devices[0] if cfg.devices else None, task)  # loads the backbone, once
     if cfg.workers == 1:
@@ -34,7 +40,7 @@ def search(cfg: SearchConfig, task=None) -> dict:
         with phase("running trials"):
             work_done = Parallel(n_jobs=cfg.workers, backend="loky")(delayed(work)(cfg, i, task)
                                                                      for i in range(cfg.workers))
-    with phase("choosing, testing and exporting the winner (nothing of the study is lost)"):
+    with phase("choosing, testing and exporting the winner"):
         return finish(cfg, objective, time.time() - start, work_done)
 
 

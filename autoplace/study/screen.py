@@ -25,7 +25,7 @@ from ..prompt_encoders import PromptEncoder
 from ..featurize import Featurizer
 from ..tasks.base import fixed_rows
 from ..tasks.kinds import Cloze
-from ..errors import AutoplaceError
+from ..errors import AutoplaceError, say
 from ..model import PromptedModel
 from ..pipeline import parse_for
 from ..template import TemplateError
@@ -54,18 +54,28 @@ class Row:
     reason: str | None = None
 
 
-def screen(space: SearchSpace, task, backbone, data_dir: str | None) -> tuple[list[Words], dict]:
-    """(the kept candidates, best first; the screen's record for the study and its report)."""
+def screen(space: SearchSpace, task, backbone, data_dir: str | None, quiet: bool = True) -> tuple[list[Words], dict]:
+    """(the kept candidates, best first; the screen's record for the study and its report). Unless quiet, a line per
+    phrasing says how far it got: the screen can take minutes, before the first trial."""
     start = time.perf_counter()
     train, dev = (_subset(task.load_split(split, data_dir), space.screen_examples, task.group_field)
                   for split in ("train", "dev"))
     rows: list[Row] = []
     auto_words: dict[str, dict] = {}  # per phrasing: how many automatic combinations there were and were scored
+    n = len(space.skeletons)
+    if not quiet:
+        say(f"zero-shot screen: {n} phrasing(s) x label words x calibration on {len(train)} train and {len(dev)} dev "
+            f"examples, at {space.budget.max_length} tokens")
     for t, skeleton in enumerate(space.skeletons):
         found, searched = _screen_skeleton(space, t, skeleton.manual_template, task, backbone, train, dev)
         rows += found
         if searched:
             auto_words[f"t{t}"] = searched
+        if not quiet:
+            spent = time.perf_counter() - start
+            left = spent / (t + 1) * (n - t - 1)
+            say(f"zero-shot screen: phrasing {t + 1} of {n} scored, {len(rows)} candidates so far, {spent:.0f} s"
+                + (f", ETA {left:.0f} s" if t + 1 < n else ""))
     usable = sorted((r for r in rows if r.reason is None), key=lambda r: -r.both)  # stable: listed order breaks ties
     if not usable:
         raise AutoplaceError(f"the zero-shot screen dropped every candidate; the first: {rows[0].key} "

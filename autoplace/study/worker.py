@@ -23,7 +23,7 @@ from ..runner import export, fit, metadata, prepare
 from ..tasks import get_task
 from ..template import parse, placement_class
 from ..trainer import NonFiniteLoss, dev_steps
-from .progress import Progress
+from .progress import TICKER, Progress
 from .space import load_space, words_label
 from .opening import ARTIFACT_ATTR, device_for, effective_budget, open_study
 from .storage import Heartbeat, StorageGone, claim, reclaim_orphans, requeue, tell, wait_for_stale
@@ -45,6 +45,7 @@ class Interrupted(KeyboardInterrupt):
 def phase(what: str):
     """A Ctrl-C (or SIGTERM) in here says where the search stopped, and that the same command resumes it; an
     interrupted trial has already said what became of it."""
+    TICKER.doing(what)
     try:
         yield
     except Interrupted as exc:
@@ -135,6 +136,7 @@ def keep_going(trial: optuna.Trial, step: int, last_step: int, is_reference: boo
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> tuple[str, str | None]:
     """Run one claimed trial and tell the study; a failing trial never ends the worker."""
     value, state, attrs = None, TrialState.FAIL, {}
+    TICKER.doing(f"training trial {trial.number}")
     try:
         with Heartbeat(study, trial):
             value = objective(trial)
