@@ -21,6 +21,7 @@ reference: {total_length: 2, lr: 0.05, encoder: none, init: vocab}
 """
 
 
+@pytest.mark.slow
 def test_importing_autoplace_does_not_load_torch():
     code = "import sys, autoplace, autoplace.cli; autoplace.cli.build_parser(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
@@ -77,6 +78,7 @@ def test_train_without_a_slot_says_it_scores_the_template_zero_shot(toy_task_fil
     assert json.loads(captured.out)["steps"] == 0
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs(tmp_path):
     """The README's Python example, as printed there, on the tiny model and MR data."""
     text = (REPO / "README.md").read_text()

@@ -80,6 +80,7 @@ def test_an_artifact_finds_its_task_file_whatever_its_name(capsys, toy_task_file
     assert "acc" in json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_cli_process_prints_one_line_not_a_traceback(tmp_path):
     one_line_error(run_cli("train", "--task", "cb", "--template", "{premise [MASK]", "--out", tmp_path / "o",
                            "--model", "tiny-gpt2"), "unbalanced brace", "column 1")

@@ -52,6 +52,7 @@ def _task(folder, name, fields, template, kind="classification"):
     (["sentence"], "{sentence} It was [MASK]", "classification"),
     (["input"], "{input} [MASK]", "cloze"),
 ])
+@pytest.mark.slow
 def test_a_custom_task_searches_without_a_space(fields, template, kind, tmp_path, capsys):
     task = _task(tmp_path, "mine", fields, template, kind)
     out = tmp_path / "s"
@@ -66,6 +67,7 @@ def test_a_custom_task_searches_without_a_space(fields, template, kind, tmp_path
     assert "![position effect](position_effect.png)" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_the_printed_space_fed_back_gives_the_same_trials(tmp_path, capsys):
     task = _task(tmp_path, "mine", ["evidence", "claim"], "{evidence} Claim: {claim}? Answer: [MASK]")
     assert main(["space", "--task", str(task), "--model", "tiny-gpt2", "--out", str(tmp_path / "mine-space.yaml")]) == 0
