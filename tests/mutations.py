@@ -38,7 +38,8 @@ class Mutation:
     tests: tuple[str, ...]  # pytest node ids (or -k expressions), run with -x in this order
 
 
-MODEL, SEARCH, ARTIFACT, WORDS = "tests/test_model.py", "tests/test_search.py", "tests/test_artifact.py", "tests/test_words.py"
+MODEL, SEARCH, ARTIFACT = "tests/test_model.py", "tests/test_search.py", "tests/test_artifact.py"
+CALIBRATION, WINNER, ENSEMBLE = "tests/test_calibration.py", "tests/test_winner.py", "tests/test_ensemble.py"
 TRAINER = "tests/test_trainer.py"
 ANSWERS = "tests/test_answers.py"
 
@@ -143,8 +144,8 @@ MUTATIONS = [
     Mutation("calibration-not-applied", "calibration: scores are divided by p_cf",
              "autoplace/calibration.py", "return scores.float().log_softmax(-1) - log_prior.to(scores.device)",
              "return scores.float().log_softmax(-1)",
-             (f"{WORDS}::test_calibration_divides_by_the_content_free_distribution_as_computed_by_hand",
-              f"{WORDS}::test_a_calibrated_prompt_scores_dev_with_its_content_free_prior")),
+             (f"{CALIBRATION}::test_calibration_divides_by_the_content_free_distribution_as_computed_by_hand",
+              f"{CALIBRATION}::test_a_calibrated_prompt_scores_dev_with_its_content_free_prior")),
     Mutation("calibration-of-the-last-prompt", "calibration: p_cf is the kept prompt's",
              "autoplace/trainer.py", "        model.encoder.load_state_dict(best[3])\n        refresh_calibration(model)\n",
              "        model.encoder.load_state_dict(best[3])\n",
@@ -152,14 +153,14 @@ MUTATIONS = [
     Mutation("cv-picks-best-dev", "k-fold selection: the best mean over folds wins",
              "autoplace/study/winner.py", 'winner = max(results, key=lambda r: (r["mean"], r["search_dev"]))',
              'winner = max(results, key=lambda r: r["search_dev"])',
-             (f"{WORDS}::test_select_cv_picks_the_best_mean_over_folds_not_the_best_dev",)),
+             (f"{WINNER}::test_select_cv_picks_the_best_mean_over_folds_not_the_best_dev",)),
     Mutation("cv-folds-swapped", "k-fold selection: each fold is held out once",
              "autoplace/study/winner.py", 'self.train_rows if split == "train" else self.held_rows',
              'self.held_rows if split == "train" else self.train_rows',
-             (f"{WORDS}::test_folds_partition_train_and_dev_and_never_hold_test",)),
+             (f"{WINNER}::test_folds_partition_train_and_dev_and_never_hold_test",)),
     Mutation("ensemble-first-member-only", "ensembles average their members' probabilities",
              "autoplace/ensemble.py", "return torch.stack(probs).mean(0).log()", "return probs[0].log()",
-             (f"{WORDS}::test_an_ensemble_averages_its_members_calibrated_probabilities_as_computed_by_hand",)),
+             (f"{ENSEMBLE}::test_an_ensemble_averages_its_members_calibrated_probabilities_as_computed_by_hand",)),
     Mutation("overwrite-replaces-users-files", "--out never replaces a user's files, even with --overwrite",
              "autoplace/outdir.py", "    if foreign:\n", "    if foreign and not overwrite:\n",
              ("tests/test_bad_input.py::test_a_users_file_inside_an_autoplace_folder_is_never_replaced",)),

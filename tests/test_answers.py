@@ -3,7 +3,6 @@
 Whole-answer scores are checked against a brute-force computation: the full sequence run through the backbone, the
 full-vocabulary log-softmax at every position, the answer's tokens summed (or averaged).
 """
-import dataclasses
 import json
 from collections import Counter
 
@@ -152,20 +151,6 @@ def test_a_custom_choice_task_trains_searches_and_predicts(tmp_path, capsys):
     assert line["prediction"] in (0, 1) and sum(line["scores"]) == pytest.approx(1, abs=1e-4)
 
 
-def test_the_screen_scores_whole_answers(tiny_gpt2, fewglue):
-    """COPA's phrasings are screened with both candidates scored whole; no words, no calibration to choose."""
-    from autoplace.study.screen import screen
-    from autoplace.study.space import default_space_path, load_space
-    space = load_space(default_space_path("copa"))
-    space.screen_examples = 8
-    kept, record = screen(space, get_task("copa"), tiny_gpt2, str(fewglue))
-    assert [r["key"] for r in record["rows"]] == [f"t{t}.v0.raw" for t in range(4)]
-    n = record["examples"]["train"]
-    assert n == 8 and all(r["reason"] is None and abs(r["train"] * n - round(r["train"] * n)) < 1e-6
-                          for r in record["rows"])  # each a share of the 8 screened train examples
-    assert len(kept) == 4
-
-
 # -- on the real backbone ------------------------------------------------------------------------------------------
 FOLDERS = {"copa": "COPA", "wic": "WiC", "wsc": "WSC", "multirc": "MultiRC"}
 
@@ -217,21 +202,6 @@ def test_copa_search_on_smollm2_exports_what_predict_uses(smollm2, fewglue, tmp_
     assert all(p["prediction"] in (0, 1) and len(p["scores"]) == 2 for p in predictions)
     meta = json.loads((out / "best" / "template.json").read_text())
     assert meta["template"] == summary["template"] and meta["task"] == "copa"
-
-
-def test_the_screen_ranks_multirc_by_its_selection_metric(tiny_gpt2, fewglue):
-    """MultiRC's options are mostly wrong, so accuracy would favour words that always say no, and F1a words that
-    always say yes; dev selects by the mean of F1a and EM, and so does the screen."""
-    from autoplace.study.screen import screen
-    from autoplace.study.space import default_space_path, load_space
-    space = load_space(default_space_path("multirc"))
-    space.screen_examples, space.budget = 12, dataclasses.replace(space.budget, max_length=64)
-    task = get_task("multirc")
-    kept, record = screen(space, task, tiny_gpt2, str(fewglue))
-    assert record["metric"] == "f1a_em" == task.primary_metric
-    scored = [r for r in record["rows"] if r["reason"] is None or r["key"] in record["kept"]]
-    assert [r["both"] for r in sorted(scored, key=lambda r: -r["both"])][:len(kept)] == \
-        [next(r["both"] for r in record["rows"] if r["key"] == key) for key in record["kept"]]
 
 
 def test_the_built_in_spaces_are_found_from_a_plain_checkout_too(monkeypatch):

@@ -6,6 +6,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 
 from autoplace.cli import main
+from autoplace.tasks import get_task
 from autoplace.trainer import TrainResult
 
 
@@ -77,3 +78,63 @@ def test_a_prompt_is_one_answer_only_when_dev_has_several():
     assert result.one_answer
     assert not TrainResult({"acc": 1.0}, 0, 0, 0.0, predictions=[1, 1, 1], gold_answers=1).one_answer
     assert not TrainResult({"acc": 0.6}, 0, 0, 0.0, predictions=[1, 0, 1], gold_answers=2).one_answer
+
+
+def test_bootstrap_interval_and_ties_as_computed_by_hand():
+    from types import SimpleNamespace
+    from autoplace.study.winner import bootstrap_interval, tied_with
+    assert bootstrap_interval([True] * 20) == (1.0, 1.0)
+    lo, hi = bootstrap_interval([True, False] * 16)
+    assert 0.33 < lo < 0.45 and 0.55 < hi < 0.67  # ±1.645 standard errors of 0.5 over 32 examples is ±0.145
+    trials = [SimpleNamespace(number=n, value=v) for n, v in enumerate([0.5, 0.4, 0.62, 0.7, None])]
+    assert [t.number for t in tied_with((lo, hi), trials, winner_number=0)] == [1, 2]
+
+
+def test_folds_partition_train_and_dev_and_never_hold_test(toy_task_file):
+    from autoplace.study.winner import fold_tasks
+    task = get_task(str(toy_task_file))
+    folds = fold_tasks(task, None, 4, seed=0)
+    held = [fold.load_split("dev") for fold in folds]
+    assert sorted(len(h) for h in held) == [12, 12, 12, 12]  # 32 train + 16 dev
+    for fold, h in zip(folds, held):
+        assert len(fold.load_split("train")) == 48 - len(h)
+        assert sorted(fold.source.train_rows + fold.source.held_rows) == list(range(48))
+        with pytest.raises(Exception, match="never reads the test split"):
+            fold.source.load("test", None)
+    assert sorted(r for fold in folds for r in fold.source.held_rows) == list(range(48))
+
+
+def test_select_cv_picks_the_best_mean_over_folds_not_the_best_dev(monkeypatch, toy_task_file, tmp_path, capsys):
+    """Fold scores set by hand: the second-best trial on dev has the best mean over folds, so it must win."""
+    from autoplace.study import winner
+    real_retrain, calls = winner.retrain, []
+    space = tmp_path / "space.yaml"
+    space.write_text('skeleton: "<start> {sentence} <after:sentence> It was <before:answer> [MASK]"\n'
+                     "slots: {min: 1, max: 1}\nlength: {min: 2, max: 2}\nencoder: [none]\n"
+                     "lr: {low: 1.0e-2, high: 5.0e-2, log: true}\n"
+                     "budget: {steps: 4, eval_every: 2, batch_size: 8, max_length: 32}\n"
+                     "reference: {total_length: 2, lr: 0.05, encoder: none, init: vocab}\n")
+    order = {}
+
+    def fake_fold_scores(cfg, objective, trial, seed, task=None, budget=None):
+        if task is None:  # the winner's final training: real, on train, with dev choosing its checkpoint
+            calls.append(("final", trial.number))
+            return real_retrain(cfg, objective, trial, seed, task, budget)
+        calls.append(("fold", trial.number, len(task.load_split("dev")), budget.eval_every))
+        rank = order.setdefault(trial.number, len(order))  # candidates come best-dev first
+        return None, None, [0.5, 0.9, 0.1][rank]
+
+    monkeypatch.setattr(winner, "retrain", fake_fold_scores)
+    out = tmp_path / "s"
+    assert main(["search", "--task", str(toy_task_file), "--space", str(space), "--model", "tiny-gpt2",
+                 "--n-trials", "5", "--pruner", "none", "--select", "cv", "--confirm-top", "2", "--folds", "3",
+                 "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    folds = [c for c in calls if c[0] == "fold"]
+    assert len(folds) == 6 and {c[2] for c in folds} == {16} and {c[3] for c in folds} == {4}  # 48 / 3; last step
+    second = [n for n, rank in order.items() if rank == 1][0]
+    assert calls[-1] == ("final", second)
+    assert json.loads((out / "best" / "template.json").read_text())["trial"] == second
+    assert "## Cross-validation (3 folds of train and dev)" in (out / "report.md").read_text()
+    lo, hi = summary["dev_interval"]
+    assert lo <= summary["dev"]["acc"] <= hi

@@ -1,22 +1,18 @@
-"""The words as well as the places: phrasings and label words in the space, the zero-shot screen, automatic label
-words and contextual calibration."""
+"""The words as well as the places: phrasings and label words in the space, the zero-shot screen and automatic label
+words."""
+import dataclasses
 import itertools
 import json
-import math
 
 import optuna
 import pytest
-import torch
 
-from autoplace.calibration import apply
 from autoplace.cli import main
 from autoplace.config import PromptConfig
-from autoplace.runner import export, fit, prepare
 from autoplace.study.report import screen_table
 from autoplace.study.screen import screen
 from autoplace.study.space import load_space
 from autoplace.tasks import get_task
-from autoplace.config import TrainConfig
 from autoplace.inference import evaluate, predict
 from conftest import write_jsonl
 
@@ -45,71 +41,6 @@ def words_space(tmp_path):
     path = tmp_path / "words.yaml"
     path.write_text(WORDS_SPACE)
     return path
-
-
-def test_calibration_divides_by_the_content_free_distribution_as_computed_by_hand():
-    scores = torch.tensor([[2.0, 1.0], [0.5, 0.0]])
-    p_cf = torch.tensor([0.8, 0.2])
-    calibrated = apply(scores, p_cf.log())
-    by_hand = [[math.log(math.exp(a) / (math.exp(a) + math.exp(b)) / p) for (a, b), p in
-                zip([(2.0, 1.0), (1.0, 2.0)], p_cf.tolist())],
-               [math.log(math.exp(a) / (math.exp(a) + math.exp(b)) / p) for (a, b), p in
-                zip([(0.5, 0.0), (0.0, 0.5)], p_cf.tolist())]]
-    assert torch.allclose(calibrated, torch.tensor(by_hand), atol=1e-6)
-    assert scores.argmax(-1).tolist() == [0, 0] and calibrated.argmax(-1).tolist() == [1, 1]  # the bias is undone
-    assert apply(scores, None) is scores
-
-
-def test_a_calibrated_prompt_scores_dev_with_its_content_free_prior(tiny_gpt2, toy_task_file):
-    task = get_task(str(toy_task_file))
-    cfg = PromptConfig("[P:2] {sentence} It was [MASK]", encoder="none", calibrate=True, max_length=32)
-    run = prepare(task, tiny_gpt2, cfg)
-    dev = run.items("dev")
-    raw = predict(run.model, dev, calibrated=False)
-    content_free = predict(run.model, run.model.content_free, calibrated=False)
-    assert len(run.model.content_free) == 3  # "N/A", "", "[MASK]"
-    prior = content_free.softmax(-1).mean(0)
-    by_hand = raw.log_softmax(-1) - prior.log()
-    assert torch.allclose(predict(run.model, dev), by_hand, atol=1e-5)
-    labels = torch.tensor([it.label for it in dev])
-    metrics, _ = evaluate(run.model, task, dev)
-    assert metrics["acc"] == pytest.approx(float((by_hand.argmax(-1) == labels).float().mean()))
-    assert (by_hand - raw.log_softmax(-1)).abs().min() > 0.1  # the prior is far from uniform: calibration mattered
-
-
-def test_calibration_is_recomputed_after_training_and_stored_in_the_artifact(tiny_gpt2, toy_task_file, tmp_path,
-                                                                              capsys):
-    task = get_task(str(toy_task_file))
-    run = prepare(task, tiny_gpt2, PromptConfig("[P:2] {sentence} It was [MASK]", encoder="none", calibrate=True,
-                                                max_length=32))
-    before = run.model.log_prior.clone()
-    result = fit(run, TrainConfig(steps=6, eval_every=3, lr=0.05), progress=False)
-    assert not torch.allclose(before, run.model.log_prior)  # the prompt moved its content-free bias
-    from autoplace.runner import metadata
-    out = tmp_path / "art"
-    export(out, run, metadata(run, TrainConfig(steps=6, eval_every=3, lr=0.05), result, None))
-    meta = json.loads((out / "template.json").read_text())
-    assert meta["prompt"]["calibrate"] is True
-    assert meta["calibration"]["p_cf"] == pytest.approx(run.model.log_prior.exp().tolist())
-    assert main(["eval", str(out), "--split", "dev"]) == 0
-    assert json.loads(capsys.readouterr().out)["acc"] == pytest.approx(run.evaluate("dev")["acc"])
-    meta["calibration"]["p_cf"] = [0.999, 0.001]  # a prior this lopsided sends every example to the second label
-    (out / "template.json").write_text(json.dumps(meta))
-    assert main(["eval", str(out), "--split", "dev"]) == 0
-    second = task.labels[1]
-    share = sum(ex["label"] == second for ex in task.load_split("dev")) / len(task.load_split("dev"))
-    assert json.loads(capsys.readouterr().out)["acc"] == pytest.approx(share)
-
-
-def test_train_takes_label_words_and_calibration_from_the_command_line(toy_task_file, tmp_path, capsys):
-    out = tmp_path / "a"
-    assert main(["train", "--task", str(toy_task_file), "--model", "tiny-gpt2", "--template",
-                 "{sentence}\\nSentiment: [P:2] [MASK]", "--verbalizer", '{"pos": " good", "neg": " bad"}',
-                 "--calibrate", "--steps", "2", "--out", str(out)]) == 0
-    meta = json.loads((out / "template.json").read_text())
-    assert meta["verbalizer"] == {"pos": " good", "neg": " bad"} and meta["prompt"]["calibrate"] is True
-    assert meta["template"] == "{sentence}\nSentiment: [P:2] [MASK]"  # a written \n is a newline
-    assert "calibration" in meta
 
 
 def test_space_lists_phrasings_words_and_calibrations(words_space, toy_task_file):
@@ -167,112 +98,6 @@ def test_a_search_over_words_and_places_runs_screen_study_export_predict(words_s
     assert len(lines) == 2 and all(line["prediction"] in ("pos", "neg") for line in lines)
     assert main(["eval", str(out / "best"), "--split", "dev"]) == 0
     assert json.loads(capsys.readouterr().out)["acc"] == pytest.approx(best["dev"]["acc"])
-
-
-def test_bootstrap_interval_and_ties_as_computed_by_hand():
-    from types import SimpleNamespace
-    from autoplace.study.winner import bootstrap_interval, tied_with
-    assert bootstrap_interval([True] * 20) == (1.0, 1.0)
-    lo, hi = bootstrap_interval([True, False] * 16)
-    assert 0.33 < lo < 0.45 and 0.55 < hi < 0.67  # ±1.645 standard errors of 0.5 over 32 examples is ±0.145
-    trials = [SimpleNamespace(number=n, value=v) for n, v in enumerate([0.5, 0.4, 0.62, 0.7, None])]
-    assert [t.number for t in tied_with((lo, hi), trials, winner_number=0)] == [1, 2]
-
-
-def test_folds_partition_train_and_dev_and_never_hold_test(toy_task_file):
-    from autoplace.study.winner import fold_tasks
-    task = get_task(str(toy_task_file))
-    folds = fold_tasks(task, None, 4, seed=0)
-    held = [fold.load_split("dev") for fold in folds]
-    assert sorted(len(h) for h in held) == [12, 12, 12, 12]  # 32 train + 16 dev
-    for fold, h in zip(folds, held):
-        assert len(fold.load_split("train")) == 48 - len(h)
-        assert sorted(fold.source.train_rows + fold.source.held_rows) == list(range(48))
-        with pytest.raises(Exception, match="never reads the test split"):
-            fold.source.load("test", None)
-    assert sorted(r for fold in folds for r in fold.source.held_rows) == list(range(48))
-
-
-def test_select_cv_picks_the_best_mean_over_folds_not_the_best_dev(monkeypatch, toy_task_file, tmp_path, capsys):
-    """Fold scores set by hand: the second-best trial on dev has the best mean over folds, so it must win."""
-    from autoplace.study import winner
-    real_retrain, calls = winner.retrain, []
-    space = tmp_path / "space.yaml"
-    space.write_text('skeleton: "<start> {sentence} <after:sentence> It was <before:answer> [MASK]"\n'
-                     "slots: {min: 1, max: 1}\nlength: {min: 2, max: 2}\nencoder: [none]\n"
-                     "lr: {low: 1.0e-2, high: 5.0e-2, log: true}\n"
-                     "budget: {steps: 4, eval_every: 2, batch_size: 8, max_length: 32}\n"
-                     "reference: {total_length: 2, lr: 0.05, encoder: none, init: vocab}\n")
-    order = {}
-
-    def fake_fold_scores(cfg, objective, trial, seed, task=None, budget=None):
-        if task is None:  # the winner's final training: real, on train, with dev choosing its checkpoint
-            calls.append(("final", trial.number))
-            return real_retrain(cfg, objective, trial, seed, task, budget)
-        calls.append(("fold", trial.number, len(task.load_split("dev")), budget.eval_every))
-        rank = order.setdefault(trial.number, len(order))  # candidates come best-dev first
-        return None, None, [0.5, 0.9, 0.1][rank]
-
-    monkeypatch.setattr(winner, "retrain", fake_fold_scores)
-    out = tmp_path / "s"
-    assert main(["search", "--task", str(toy_task_file), "--space", str(space), "--model", "tiny-gpt2",
-                 "--n-trials", "5", "--pruner", "none", "--select", "cv", "--confirm-top", "2", "--folds", "3",
-                 "--out", str(out)]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    folds = [c for c in calls if c[0] == "fold"]
-    assert len(folds) == 6 and {c[2] for c in folds} == {16} and {c[3] for c in folds} == {4}  # 48 / 3; last step
-    second = [n for n, rank in order.items() if rank == 1][0]
-    assert calls[-1] == ("final", second)
-    assert json.loads((out / "best" / "template.json").read_text())["trial"] == second
-    assert "## Cross-validation (3 folds of train and dev)" in (out / "report.md").read_text()
-    lo, hi = summary["dev_interval"]
-    assert lo <= summary["dev"]["acc"] <= hi
-
-
-def test_an_ensemble_averages_its_members_calibrated_probabilities_as_computed_by_hand(tiny_gpt2, toy_task_file):
-    from autoplace.ensemble import Ensemble
-    task = get_task(str(toy_task_file))
-    members = [prepare(task, tiny_gpt2, PromptConfig("[P:2] {sentence} It was [MASK]", encoder="none", seed=1,
-                                                     max_length=32)),
-               prepare(task, tiny_gpt2, PromptConfig("{sentence}\\nSentiment: [P:2] [MASK]", encoder="none",
-                                                     verbalizer={"pos": " good", "neg": " bad"}, calibrate=True,
-                                                     seed=2, max_length=32))]
-    together = Ensemble(members)
-    examples = task.load_split("dev")
-    by_hand = torch.stack([predict(m.model, m.featurizer.encode_all(examples)).softmax(-1) for m in members]).mean(0)
-    assert torch.allclose(together.scores(examples).exp(), by_hand, atol=1e-6)
-    labels = torch.tensor([members[0].task.labels.index(ex["label"]) for ex in examples])
-    assert together.evaluate("dev")["acc"] == pytest.approx(float((by_hand.argmax(-1) == labels).float().mean()))
-    alone = [float((predict(m.model, m.featurizer.encode_all(examples)).argmax(-1) == labels).float().mean())
-             for m in members]
-    assert together.evaluate("dev")["acc"] not in alone or len(set(alone)) == 1  # it is neither member alone
-
-
-def test_search_with_an_ensemble_exports_one_artifact_that_eval_predict_and_train_take(toy_task_file, tmp_path,
-                                                                                       capsys):
-    space = tmp_path / "space.yaml"
-    space.write_text('skeleton: "<start> {sentence} <after:sentence> It was <before:answer> [MASK]"\n'
-                     "slots: {min: 1, max: 2}\nlength: {min: 2, max: 3}\nencoder: [none]\n"
-                     "lr: {low: 1.0e-2, high: 5.0e-2, log: true}\n"
-                     "budget: {steps: 4, eval_every: 2, batch_size: 8, max_length: 32}\n"
-                     "reference: {total_length: 2, lr: 0.05, encoder: none, init: vocab}\n")
-    out = tmp_path / "s"
-    assert main(["search", "--task", str(toy_task_file), "--space", str(space), "--model", "tiny-gpt2",
-                 "--n-trials", "5", "--ensemble", "3", "--out", str(out)]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    meta = json.loads((out / "best" / "template.json").read_text())
-    assert meta["ensemble"] is True and meta["members"] == ["m0", "m1", "m2"] and len(meta["trials"]) == 3
-    assert summary["template"].count(" | ") == 2
-    assert main(["eval", str(out / "best"), "--split", "test"]) == 0
-    assert json.loads(capsys.readouterr().out)["acc"] == pytest.approx(summary["test"]["acc"])
-    write_jsonl(tmp_path / "in.jsonl", [{"sentence": "the movie was great"}])
-    assert main(["predict", str(out / "best"), "--input", str(tmp_path / "in.jsonl")]) == 0
-    line = json.loads(capsys.readouterr().out)
-    assert set(line["scores"]) == {"pos", "neg"} and sum(line["scores"].values()) == pytest.approx(1.0, abs=1e-4)
-    assert main(["train", "--task", str(toy_task_file), "--template", str(out / "best"), "--steps", "2",
-                 "--out", str(tmp_path / "again")]) == 0
-    again = json.loads((tmp_path / "again" / "template.json").read_text())
-    assert again["ensemble"] is True and len(again["members"]) == 3 and again["started_from"] == str(out / "best")
 
 
 def test_with_one_screened_candidate_the_references_use_its_phrasing(words_space, toy_task_file):
@@ -398,3 +223,32 @@ def test_automatic_words_for_two_labels_still_score_every_combination(toy_task_f
     automatic = [r["verbalizer"] for r in record["rows"] if r["key"].startswith("t0.a")]
     assert automatic == [{"pos": decode([a]), "neg": decode([b])} for a, b in best]
     assert "all 25 were considered" in "\n".join(screen_table(record))
+
+
+def test_the_screen_scores_whole_answers(tiny_gpt2, fewglue):
+    """COPA's phrasings are screened with both candidates scored whole; no words, no calibration to choose."""
+    from autoplace.study.screen import screen
+    from autoplace.study.space import default_space_path, load_space
+    space = load_space(default_space_path("copa"))
+    space.screen_examples = 8
+    kept, record = screen(space, get_task("copa"), tiny_gpt2, str(fewglue))
+    assert [r["key"] for r in record["rows"]] == [f"t{t}.v0.raw" for t in range(4)]
+    n = record["examples"]["train"]
+    assert n == 8 and all(r["reason"] is None and abs(r["train"] * n - round(r["train"] * n)) < 1e-6
+                          for r in record["rows"])  # each a share of the 8 screened train examples
+    assert len(kept) == 4
+
+
+def test_the_screen_ranks_multirc_by_its_selection_metric(tiny_gpt2, fewglue):
+    """MultiRC's options are mostly wrong, so accuracy would favour words that always say no, and F1a words that
+    always say yes; dev selects by the mean of F1a and EM, and so does the screen."""
+    from autoplace.study.screen import screen
+    from autoplace.study.space import default_space_path, load_space
+    space = load_space(default_space_path("multirc"))
+    space.screen_examples, space.budget = 12, dataclasses.replace(space.budget, max_length=64)
+    task = get_task("multirc")
+    kept, record = screen(space, task, tiny_gpt2, str(fewglue))
+    assert record["metric"] == "f1a_em" == task.primary_metric
+    scored = [r for r in record["rows"] if r["reason"] is None or r["key"] in record["kept"]]
+    assert [r["both"] for r in sorted(scored, key=lambda r: -r["both"])][:len(kept)] == \
+        [next(r["both"] for r in record["rows"] if r["key"] == key) for key in record["kept"]]
