@@ -204,3 +204,43 @@ def test_a_search_never_goes_quiet_for_long(monkeypatch, capsys):
         time.sleep(1.5)
     assert capsys.readouterr().err == ""
 
+
+
+def test_the_eta_counts_a_trained_trial_not_the_quick_zero_shot_ones():
+    """After two 1 s zero-shot references and one 100 s trained trial, the trials left take 100 s each."""
+    from autoplace.study.progress import Progress
+    progress = object.__new__(Progress)
+    progress.seconds = {"trained": [], "zero-shot": [1.0, 1.0]}
+    assert progress.per_trial() == 1.0  # nothing trained yet: the best guess there is
+    progress.seconds["trained"].append(100.0)
+    assert progress.per_trial() == 100.0
+
+
+def test_search_help_names_every_built_in_task(capsys):
+    from autoplace.tasks import task_names
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in task_names())
+
+
+def test_the_curves_plot_shows_trained_trials_only():
+    """A zero-shot trial's dev curve is flat (nothing learns): the curves plot leaves it out, and with nothing
+    trained there is no plot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.distributions import FloatDistribution
+    from autoplace.study.report import _curves
+    study = optuna.create_study(direction="maximize")
+
+    def add(value, tokens):
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)}, value=value,
+            intermediate_values={5: value, 10: value}, user_attrs={"n_prompt_tokens": tokens, "template": "t"}))
+    add(0.9, 0)
+    fig, ax = plt.subplots()
+    assert _curves(study, ax, "dev acc") is False
+    add(0.6, 4)
+    assert _curves(study, ax, "dev acc") is not False and len(ax.lines) == 1
+    plt.close("all")

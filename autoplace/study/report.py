@@ -302,8 +302,10 @@ def _words(trial) -> str:
 
 
 def _curves(study: optuna.Study, ax, metric: str, top: int = 5):
-    """Dev curves of the top trials, labelled with their template: how the prompt learned."""
-    trials = sorted((t for t in _complete(study) if t.intermediate_values), key=lambda t: t.value, reverse=True)[:top]
+    """Dev curves of the top trained trials, labelled with their template: how the prompt learned. A zero-shot
+    trial learns nothing (its curve is flat), so it has none."""
+    trained = (t for t in _complete(study) if t.intermediate_values and t.user_attrs.get("n_prompt_tokens", 1) > 0)
+    trials = sorted(trained, key=lambda t: t.value, reverse=True)[:top]
     if not trials:
         return False
     for t in trials:
@@ -315,7 +317,7 @@ def _curves(study: optuna.Study, ax, metric: str, top: int = 5):
     ax.set_xlabel("train step")
     ax.set_ylabel(metric)
     subset = study.user_attrs.get("budget", {}).get("eval_examples")
-    ax.set_title(f"{metric} during training, top {len(trials)} trials"
+    ax.set_title(f"{metric} during training, top {len(trials)} trained trials"
                  + (f" (evaluations on {subset} dev examples at most)" if subset else ""))
     ax.legend(fontsize="x-small")
 
