@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import outdir
-from .config import DEFAULT_MODEL, SEARCH_OUT, SearchConfig
+from .config import DEFAULT_MODEL, PRECISION, SEARCH_OUT, SearchConfig
 from .errors import AutoplaceError
 from .inputs import read_text
 
@@ -67,7 +67,7 @@ def load(path: str | Path, data_dir: str | None = None, model: str | None = None
     if precision and recorded and precision != recorded:
         from .errors import say
         say(f"scoring in {precision}, not {recorded} as {path} was scored: scores may differ slightly")
-    run, meta = rebuild(path, data_dir, model, device, trust_remote_code, precision or recorded or "auto")
+    run, meta = rebuild(path, data_dir, model, device, trust_remote_code, precision or recorded or PRECISION)
     return Artifact(Path(path), meta, run)
 
 
@@ -136,7 +136,7 @@ def _train_one(task, text: str, source_meta: dict | None, source_dir: str | None
     check_words(task, plan)  # bad label words fail before the backbone loads
     prompt, cfg = configs(plan, Budget(s["steps"], s["eval_every"], s["batch_size"], s["max_length"]), s["seed"])
     backbone = load_backbone(model or (source_meta or {}).get("model") or DEFAULT_MODEL, device, trust_remote_code,
-                             precision or (source_meta or {}).get("precision") or "auto")
+                             precision or (source_meta or {}).get("precision") or PRECISION)
     init_state = None
     if source_meta and not fresh:
         artifact.check_backbone(source_dir, source_meta, backbone.signature())
@@ -217,8 +217,9 @@ def search(task: str, space: str | None = None, n_trials: int = SearchConfig.n_t
         load_space_text(derived, space).check(the_task)
     else:
         load_space(space).check(the_task)  # a bad space fails here, before any model loads or file is written
-    for split in ("train", "dev", "test"):  # every split the search will read, before it starts
-        the_task.check_split(split, options.get("data_dir"))
+    for split in ("train", "dev"):  # every split the search will read, before it starts
+        the_task.load_split(split, options.get("data_dir"))
+    the_task.check_split("test", options.get("data_dir"))  # read and checked, not kept: it is scored once, at the end
     name = study_name or f"autoplace-{re.sub(r'[^A-Za-z0-9_-]', '-', Path(the_task.name).stem)}"
     if isinstance(devices, str):
         devices = [d.strip() for d in devices.split(",") if d.strip()]

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import PRECISIONS, SMOLLM2
+from .config import PRECISION, PRECISIONS, SMOLLM2
 from .errors import AutoplaceError, say
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -157,7 +157,7 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def load_backbone(name: str, device: str | None = None, trust_remote_code: bool = False,
-                  precision: str = "auto") -> Backbone:
+                  precision: str = PRECISION) -> Backbone:
     """Load (once per process) and freeze a backbone: eval mode, no gradients, weights never change."""
     _quiet_transformers()
     device = resolve_device(device)

@@ -24,7 +24,8 @@ class _Defaults(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        if ("%(default)" in text or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or not action.option_strings):
             return text
         return f"{text} (default: %(default)s)".strip()
 
@@ -82,13 +83,16 @@ def _verbalizer(text: str) -> dict:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    """Unset flags take the artifact's value with --template DIR, else config.py's default."""
+    """Unset flags take config.py's default, or with --template DIR the artifact's where api.REUSED says so."""
+    from .api import REUSED
     defaults = TrainConfig()
     for flag, kind, default in (("--steps", int, defaults.steps), ("--batch-size", int, defaults.batch_size),
                                 ("--lr", float, defaults.lr), ("--eval-every", int, defaults.eval_every),
                                 ("--max-length", int, MAX_LENGTH)):
-        p.add_argument(flag, type=_positive(kind), default=None, help=f"default: {default:g}, or the artifact's")
-    p.add_argument("--seed", type=int, default=None, help=f"default: {defaults.seed}, or the artifact's")
+        reused = flag[2:].replace("-", "_") in REUSED
+        p.add_argument(flag, type=_positive(kind), default=None,
+                       help=f"default: {default:g}" + (", or the artifact's" if reused else ""))
+    p.add_argument("--seed", type=int, default=None, help=f"default: {defaults.seed}")
 
 
 def build_parser() -> argparse.ArgumentParser:

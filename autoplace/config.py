@@ -27,6 +27,7 @@ PRUNERS = ("sha", "median", "hyperband", "wilcoxon", "none")
 PRECISION = "auto"                # bf16 on CUDA, fp32 on CPU
 PRECISIONS = ("auto", "fp32", "bf16")
 SEARCH_OUT = "runs/search"
+CV_TOP = 3                        # templates cross-validated when --select cv comes without --confirm-top
 
 # A search space's ranges when its YAML does not give them (and what a derived space writes).
 SPACE_SLOTS = (1, 3)              # prompt slots per template

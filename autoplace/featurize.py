@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .config import Budget
 from .errors import AutoplaceError
 from .tasks import Task
 from .template import Mask, Slot, Template, segments
@@ -39,7 +40,7 @@ class Candidate:
 class Featurizer:
     """Turns a task's examples into model inputs for one template on one backbone."""
 
-    def __init__(self, template: Template, task: Task, backbone, max_length: int = 256):
+    def __init__(self, template: Template, task: Task, backbone, max_length: int = Budget.max_length):
         self.template, self.task, self.max_length = template, task, max_length
         self.tokenizer, self.causal = tokenizer, causal = backbone.tokenizer, backbone.causal
         self._cache = backbone.caches.tokens  # text -> ids, shared by every template on this backbone

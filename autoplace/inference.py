@@ -1,6 +1,7 @@
 """Scoring a built prompt: the frozen forward in the backbone's precision, label scores for many examples (batched
 by length), metrics, and the content-free prior that calibration divides by (recomputed whenever the prompt moved).
-Training (trainer.py), calibration and ensembles all call this; it calls none of them back."""
+Training (trainer.py), the runner and ensembles call this; of calibration.py it needs only `apply`, which needs
+nothing back."""
 from __future__ import annotations
 
 import contextlib

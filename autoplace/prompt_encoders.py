@@ -9,13 +9,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import ENCODERS, INITS
+from .config import ENCODER, ENCODERS, INITS
 from .errors import AutoplaceError
 
 
 
 class PromptEncoder(nn.Module):
-    def __init__(self, init_vectors: torch.Tensor, encoder_type: str = "lstm"):
+    def __init__(self, init_vectors: torch.Tensor, encoder_type: str = ENCODER):
         super().__init__()
         if encoder_type not in ENCODERS:
             raise AutoplaceError(f"unknown encoder {encoder_type!r} (use {', '.join(ENCODERS)})")

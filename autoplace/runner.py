@@ -16,7 +16,7 @@ from .calibration import CONTENT_FREE
 from .featurize import Featurizer
 from .errors import AutoplaceError
 from .model import PromptedModel
-from .config import PromptConfig, TrainConfig
+from .config import PRECISION, PromptConfig, TrainConfig
 from .inference import evaluate, predict, refresh_calibration
 from .pipeline import build
 from .tasks import Task, get_task
@@ -93,7 +93,7 @@ def export(out_dir: str | Path, run: PromptRun, meta: dict) -> Path:
 
 
 def load(path: str | Path, data_dir: str | None = None, model: str | None = None, device: str | None = None,
-         trust_remote_code: bool = False, precision: str = "auto") -> tuple[PromptRun, dict]:
+         trust_remote_code: bool = False, precision: str = PRECISION) -> tuple[PromptRun, dict]:
     """Rebuild an exported prompt (or an ensemble of them) on its backbone; the weights are checked against the
     artifact's checksum before the slow backbone load."""
     meta = artifact.read_meta(path)

@@ -175,7 +175,8 @@ def markdown(results: list[dict], budget_name: str, seeds: list[int]) -> str:
     lines += ["", "Wall time per task: " + ", ".join(f"{r['task']} {r['seconds']:.0f} s (`{r['command']}`, commit "
                                                       f"{r['commit']}, {r['date']})" for r in results) + ".",
               ""]
-    verdicts = [(r["task"], r["search"]["verdict"]) for r in results if r.get("search", {}).get("verdict")]
+    verdicts = [(r["task"], r["search"]["verdict"]) for r in results
+                if (r.get("search", {}).get("verdict") or {}).get("interval")]
     if verdicts:
         lines += ["The search against the task's own template zero-shot on dev (paired bootstrap 90% interval; run with "
                   "--keep-manual-unless-better, so a winner that is not better exports the manual template): "

@@ -100,6 +100,8 @@ def instrument(clock: Clock) -> None:
     clock.wrap(report, "write_report", "report and plots")
     clock.wrap(worker.Objective, "__call__", "trial")
     clock.wrap(run, "choose_winner", "selection")
+    clock.wrap(run, "manual_template", "selection")  # the verdict's baseline: the task's own template, zero-shot
+    clock.wrap(run, "verdict", "selection")
 
 
 def measure(args, clock: Clock) -> dict:

@@ -343,7 +343,8 @@ def test_a_new_study_queues_the_references_first_then_exactly_n_trials(space_fil
     from autoplace.study.opening import open_study
     cfg = SearchConfig(task="toy", space=str(space_file), out=str(tmp_path), storage=default_url(tmp_path),
                        study_name="queue", model="tiny-gpt2", n_trials=6, progress=False)
-    objective = SimpleNamespace(space=load_space(space_file), backbone=SimpleNamespace(causal=True), task=None)
+    objective = SimpleNamespace(space=load_space(space_file), backbone=SimpleNamespace(causal=True),
+                                task=SimpleNamespace(primary_metric="acc"))
     references = ["zero-shot", "start-only", "end-only", "mixed"]
     trials = open_study(cfg, objective).get_trials()
     assert [t.user_attrs.get("reference") for t in trials] == references + [None, None]

@@ -192,15 +192,14 @@ def test_a_search_never_goes_quiet_for_long(monkeypatch, capsys):
     from autoplace.study import progress
     monkeypatch.setattr(progress, "QUIET_SECONDS", 1.0)
     with progress.TICKER.running(True):
-        progress.TICKER.doing("training trial 7")
-        time.sleep(2.6)
-        say("trial 7 complete")
-        time.sleep(0.5)  # a line was just said: nothing more yet
+        with progress.TICKER.doing("training trial 7"):
+            time.sleep(2.6)
+            say("trial 7 complete")
+            time.sleep(0.5)  # a line was just said: nothing more yet
     err = capsys.readouterr().err.splitlines()
     stills = [line for line in err if line.startswith("autoplace: still training trial 7")]
     assert 1 <= len(stills) <= 2 and err[-1] == "autoplace: trial 7 complete"
-    with progress.TICKER.running(False):  # --quiet: no ticker
-        progress.TICKER.doing("x")
+    with progress.TICKER.running(False), progress.TICKER.doing("x"):  # --quiet: no ticker
         time.sleep(1.5)
     assert capsys.readouterr().err == ""
 

@@ -80,14 +80,40 @@ def test_a_prompt_is_one_answer_only_when_dev_has_several():
     assert not TrainResult({"acc": 0.6}, 0, 0, 0.0, predictions=[1, 0, 1], gold_answers=2).one_answer
 
 
-def test_bootstrap_interval_and_ties_as_computed_by_hand():
+def test_bootstrap_interval_and_ties_as_computed_by_hand(toy_task_file):
     from types import SimpleNamespace
-    from autoplace.study.winner import bootstrap_interval, tied_with
-    assert bootstrap_interval([True] * 20) == (1.0, 1.0)
-    lo, hi = bootstrap_interval([True, False] * 16)
+    from autoplace.study.winner import bootstrap_scores, percentile_interval, tied_with
+    task = get_task(str(toy_task_file))
+    items = [SimpleNamespace(label=i % 2, group=None) for i in range(32)]
+    right = [it.label for it in items]
+    assert percentile_interval(bootstrap_scores(task, items[:20], right[:20])[:, 0]) == (1.0, 1.0)
+    half = [it.label if i % 2 == 0 else 1 - it.label for i, it in enumerate(items)]  # every other one wrong
+    lo, hi = percentile_interval(bootstrap_scores(task, items, half)[:, 0])
     assert 0.33 < lo < 0.45 and 0.55 < hi < 0.67  # ±1.645 standard errors of 0.5 over 32 examples is ±0.145
+    paired = bootstrap_scores(task, items, right, half)
+    assert (paired[:, 0] == 1.0).all() and percentile_interval(paired[:, 0] - paired[:, 1])[0] > 0.3
     trials = [SimpleNamespace(number=n, value=v) for n, v in enumerate([0.5, 0.4, 0.62, 0.7, None])]
     assert [t.number for t in tied_with((lo, hi), trials, winner_number=0)] == [1, 2]
+
+
+def test_a_question_drawn_twice_counts_twice_for_exact_match():
+    """MultiRC: questions are resampled whole, and each draw is its own question: q1 (right) drawn twice beside q3
+    (wrong) is exact match 2/3, not the 1/2 of q1's copies merged into one question."""
+    import numpy as np
+    from autoplace.featurize import Encoded
+    from autoplace.study.winner import bootstrap_scores
+    task = get_task("multirc")
+    true, false = task.labels.index("true"), task.labels.index("false")
+    items = [Encoded([], [], 0, label, [], group=q) for q in ("q1", "q2", "q3") for label in (true, false)]
+    predicted = [true, false, true, false, true, true]  # q1 and q2 right, q3 wrong
+    scores = bootstrap_scores(task, items, predicted, resamples=50, seed=3)[:, 0]
+    rng = np.random.default_rng(3)
+    for score in scores:
+        draw = rng.integers(0, 3, 3)
+        em = np.mean([q != 2 for q in draw])  # each drawn question counts once per draw
+        rows = [2 * q + i for q in draw for i in (0, 1)]
+        f1a = task.score([predicted[r] for r in rows], [items[r] for r in rows])["f1a"]  # f1a ignores groups
+        assert score == pytest.approx((f1a + em) / 2)
 
 
 def test_folds_partition_train_and_dev_and_never_hold_test(toy_task_file):
@@ -122,7 +148,7 @@ def test_select_cv_picks_the_best_mean_over_folds_not_the_best_dev(monkeypatch, 
             return real_retrain(cfg, objective, trial, seed, task, budget)
         calls.append(("fold", trial.number, len(task.load_split("dev")), budget.eval_every))
         rank = order.setdefault(trial.number, len(order))  # candidates come best-dev first
-        return None, None, [0.5, 0.9, 0.1][rank]
+        return None, None, [0.5, 0.9, 0.1][rank], False
 
     monkeypatch.setattr(winner, "retrain", fake_fold_scores)
     out = tmp_path / "s"

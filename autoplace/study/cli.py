@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from .. import outdir
-from ..config import PRUNERS, SEARCH_OUT, SearchConfig
+from ..config import CV_TOP, PRUNERS, SEARCH_OUT, SearchConfig
 from ..errors import AutoplaceError
 
 
@@ -49,7 +49,7 @@ def add_commands(sub, common, positive, out_args, tasks_help: str) -> None:
     p.add_argument("--confirm-top", type=int, default=d.confirm_top, help="retrain the k best templates over several seeds")
     p.add_argument("--confirm-seeds", type=positive(int), default=d.confirm_seeds)
     p.add_argument("--select", choices=["dev", "cv"], default=d.select,
-                   help="cv: judge the top templates (--confirm-top, default 3) by k-fold over train and dev")
+                   help=f"cv: judge the top templates (--confirm-top, default {CV_TOP}) by k-fold over train and dev")
     p.add_argument("--folds", type=positive(int), default=d.folds, help="folds for --select cv")
     p.add_argument("--keep-manual-unless-better", action="store_true",
                    help="export the task's own template zero-shot unless the winner's paired 90%% interval against "

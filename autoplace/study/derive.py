@@ -20,7 +20,7 @@ from ..template import Field, Mask, Slot, Text, parse, render
 
 BOUNDARY = re.compile(r"[?.!;\n](?=[^?.!;\n]*\S[^?.!;\n]*$)")  # the last sentence break with words after it
 ATTACHED = re.compile(r"[?.!,;:)\"']*")  # punctuation written right after a field
-SLOT_ROOM = 3 * 8  # the most prompt tokens the default ranges place (3 slots of 8)
+SLOT_ROOM = SPACE_SLOTS[1] * SPACE_LENGTH[1]  # the most prompt tokens the default ranges place
 
 
 def skeleton_of(template: str, task_name: str) -> str:

@@ -3,6 +3,7 @@ zero-shot screen, the reference trials). The storage, the lock and the queue are
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import asdict
 
@@ -63,6 +64,7 @@ def open_study(cfg: SearchConfig, objective) -> optuna.Study:
         study.set_user_attr("config", {**cfg.to_dict(), "storage": redact(cfg.storage)})
         study.set_user_attr("space", space.path)
         study.set_user_attr("budget", asdict(budget))
+        study.set_user_attr("metric", objective.task.primary_metric)  # what the trials' values are
         if space.needs_screen() and "words" not in study.user_attrs:
             from .screen import screen
             at_budget = dataclasses.replace(space, budget=budget)  # the run's --max-length, as its trials have
@@ -73,10 +75,11 @@ def open_study(cfg: SearchConfig, objective) -> optuna.Study:
         space.words = words_of(study)
         references = space.references(causal)
         references = fewer_zero_shot(references, cfg.n_trials)
-        queued = {t.user_attrs.get("reference") for t in study.get_trials(deepcopy=False)}
+        queued = {t.user_attrs.get("reference_key") for t in study.get_trials(deepcopy=False)}
         for name, params in references[:cfg.n_trials]:
-            if name not in queued:
-                study.enqueue_trial(params, user_attrs={"reference": name})
+            key = json.dumps([name, params], sort_keys=True)  # several zero-shot references differ by their words
+            if key not in queued:
+                study.enqueue_trial(params, user_attrs={"reference": name, "reference_key": key})
         if len(references) > cfg.n_trials:
             dropped = [name for name, _ in references[cfg.n_trials:]]
             study.set_user_attr("dropped_references", dropped)
@@ -85,7 +88,8 @@ def open_study(cfg: SearchConfig, objective) -> optuna.Study:
 
     study, _ = storage_room.open_study(cfg.storage, storage, cfg.study_name, make_sampler(cfg.seed),
                                        make_pruner(cfg.pruner, budget.steps, budget.eval_every), set_up,
-                                       cfg.n_trials, "is being set up by another process (its screen can take minutes)")
+                                       cfg.n_trials, "is being set up by another process (its screen can take minutes)",
+                                       cfg.storage_patience)
     space.words = words_of(study)
     return study
 

@@ -27,8 +27,15 @@ class Ticker:
     def __init__(self):
         self.what, self.since, self.stop = None, 0.0, threading.Event()
 
-    def doing(self, what: str) -> None:
+    @contextlib.contextmanager
+    def doing(self, what: str):
+        """What the search is doing until the block ends; then what it was doing before."""
+        before = self.what, self.since
         self.what, self.since = what, time.monotonic()
+        try:
+            yield
+        finally:
+            self.what, self.since = before
 
     @contextlib.contextmanager
     def running(self, enabled: bool):
@@ -59,18 +66,15 @@ class Progress:
     def __init__(self, study: optuna.Study, worker: int, show: bool | None):
         self.total = study.user_attrs["n_trials"]
         self.enabled = show is not False
-        self.started, self.finished_here = time.time(), 0
         self.seconds = {"trained": [], "zero-shot": []}  # this worker's trial times, apart: one is ~100x the other
         # a thread lock, not tqdm's multiprocessing one: when a pool worker raises, joblib kills the others, and
         # their locks would be reported as leaked semaphores after our one-line error
         tqdm.set_lock(threading.RLock())
         on_terminal = self.enabled and worker == 0 and sys.stderr.isatty()
         self.bar = tqdm(total=self.total, desc="trials", disable=not on_terminal, file=sys.stderr)
-        self.worker = worker
 
     def trial_done(self, study: optuna.Study, trial: optuna.Trial, state: str, reason: str | None,
                    seconds: float) -> None:
-        self.finished_here += 1
         trained = stored_trial(study, trial).user_attrs.get("n_prompt_tokens", 1) > 0
         self.seconds["trained" if trained else "zero-shot"].append(seconds)
         finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
@@ -90,7 +94,7 @@ class Progress:
         else:
             what = f"failed: {reason}"
         complete = [t for t in finished if t.state == TrialState.COMPLETE]
-        best = max(complete, key=lambda t: t.value) if complete else None
+        best = max(complete, key=lambda t: (not t.user_attrs.get("one_answer"), t.value)) if complete else None
         left = self.total - len(finished)
         eta = f", ETA {_duration(self.per_trial() * left)} for this worker" if left > 0 else ""
         template = attrs.get("template", "").replace("\n", "⏎")

@@ -71,14 +71,17 @@ def verdict_lines(verdict: dict | None) -> list[str]:
     """The report's first lines: the winner against the template the user started from, on the same dev examples."""
     if not verdict:
         return []
+    if verdict["word"] == "unavailable":
+        return [f"**Against your template: no verdict** ({verdict['reason']}).", ""]
     lo, hi = verdict["interval"]
     lines = [f"**Against your template: {verdict['word']}.** The winner scores {_fmt(verdict['winner'])} "
-             f"{verdict['metric']} on dev, the task's own template zero-shot (`{verdict['manual_template']}`) "
+             f"{verdict['metric']} on dev, the task's own template zero-shot "
+             f"(`{verdict['manual_template'].replace(chr(10), '⏎')}`) "
              f"{_fmt(verdict['manual'])}: {verdict['difference']:+.3f}, paired bootstrap "
              f"{verdict['level']:.0%} interval {lo:+.3f} to {hi:+.3f} over {verdict['examples']} dev examples."]
     if verdict["word"] != "better":
         lines.append("The search did not show that it beats the manual template"
-                     + (" ; OUT/best holds the manual template (--keep-manual-unless-better)."
+                     + ("; OUT/best holds the manual template (--keep-manual-unless-better)."
                         if verdict.get("exported") == "manual" else
                         "; --keep-manual-unless-better would export that template instead."))
     return [" ".join(lines), ""]
@@ -123,7 +126,7 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
                       "F1a rewards answering one way always)."]
     refs = [t for t in trials if "reference" in t.user_attrs and t.state == TrialState.COMPLETE]
     if refs:
-        best_ref = max(refs, key=lambda t: t.value)
+        best_ref = max(refs, key=lambda t: (not t.user_attrs.get("one_answer"), t.value))
         gain = complete[0].value - best_ref.value if complete else 0.0
         lines += ["", f"Best reference: {best_ref.user_attrs['reference']} at {_fmt(best_ref.value)}; "
                       f"the search's best is {gain:+.3f} beyond it.", ""]
@@ -205,8 +208,10 @@ def param_importances(study: optuna.Study) -> tuple[dict, str]:
 
 
 def _metric(study: optuna.Study) -> str:
-    """The task's metric, as the trials recorded it (acc, p@1...)."""
-    final = study.user_attrs.get("final")
+    """The task's metric, that the trials' values are (acc, p@1, f1a_em...)."""
+    if study.user_attrs.get("metric"):
+        return study.user_attrs["metric"]
+    final = study.user_attrs.get("final")  # a study from before the metric was recorded
     for dev in ([final["dev"]] if final and final.get("dev") else []) + [
             t.user_attrs.get("dev") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]:
         if dev:

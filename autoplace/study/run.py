@@ -59,9 +59,13 @@ def finish(cfg: SearchConfig, objective: Objective, search_seconds: float, work_
         run, meta = top_ensemble(cfg, study, objective)
     else:
         run, meta = choose_winner(cfg, study, objective)
-    manual, manual_meta = manual_template(cfg, objective)
-    against = verdict(run, manual)
-    kept_manual = cfg.keep_manual_unless_better and against["word"] != "better"
+    try:
+        manual, manual_meta = manual_template(cfg, objective)
+        against = verdict(run, manual)
+    except AutoplaceError as exc:  # e.g. a task template this backbone cannot read: say so, lose nothing
+        say(f"no verdict against the task's own template: {exc}")
+        against = {"word": "unavailable", "reason": str(exc)}
+    kept_manual = cfg.keep_manual_unless_better and against["word"] not in ("better", "unavailable")
     if kept_manual:  # dev did not show the search beats the user's template: export that one
         say(f"the search's winner is {against['word']} against the task's own template on dev "
             f"({against['difference']:+.3f}); --keep-manual-unless-better exports the task's own template")

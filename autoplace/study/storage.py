@@ -41,6 +41,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ..errors import AutoplaceError
+from ..config import SearchConfig
 from ..errors import say
 from .owners import is_alive, me
 
@@ -49,7 +50,7 @@ OWNER_ATTR = "autoplace_worker"
 HEARTBEAT_SECONDS = int(os.environ.get("AUTOPLACE_HEARTBEAT", "30"))
 MAX_RETRY = 2
 SCHEMA_RETRIES = 4
-DEFAULT_PATIENCE = 300.0  # seconds a worker waits for a database server that went away
+DEFAULT_PATIENCE = SearchConfig.storage_patience  # seconds a worker waits for a database server that went away
 MAX_BACKOFF = 10.0
 
 
@@ -218,7 +219,8 @@ def _not_a_lost_connection(record: logging.LogRecord) -> bool:
 # -- a study: created or joined, its set-up and queue under one lock ----------------------------------------------
 
 def open_study(url: str, storage, name: str, sampler, pruner, set_up, n_trials: int,
-               waiting: str = "is being set up by another process") -> tuple[optuna.Study, bool]:
+               waiting: str = "is being set up by another process",
+               patience: float = DEFAULT_PATIENCE) -> tuple[optuna.Study, bool]:
     """Create the study or join it, under the study's lock; (study, whether this call set it up).
 
     The creator sets it up (set_up(study): the screen, the references) and fills the queue to n_trials while it
@@ -226,7 +228,7 @@ def open_study(url: str, storage, name: str, sampler, pruner, set_up, n_trials: 
     was left by a creator that stopped (Ctrl-C, a crash, bad input found late): the lock is free again, and this
     call redoes the set-up at once (set_up must skip what is already there). A joiner that asks for more trials tops
     the queue up under the same lock, so joiners at the same moment never queue more than N."""
-    with study_lock(url, name, waiting):
+    with study_lock(url, name, waiting, patience=patience):
         try:
             study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
                                         pruner=pruner)
@@ -264,7 +266,8 @@ LOCK_NOTE_SECONDS = 30.0  # a process waiting for the lock says so this often
 
 
 @contextlib.contextmanager
-def study_lock(url: str, study_name: str, waiting: str = "is being set up by another process", poll: float = 0.5):
+def study_lock(url: str, study_name: str, waiting: str = "is being set up by another process", poll: float = 0.5,
+               patience: float = DEFAULT_PATIENCE):
     """A lock per study, held by one process at a time on every machine that shares the storage: a PostgreSQL
     advisory lock or a MySQL named lock on a server, a file lock beside a SQLite or journal file. A process that
     dies releases it (its connection closes, its file lock goes), so a lock is never left behind."""
@@ -282,17 +285,22 @@ def study_lock(url: str, study_name: str, waiting: str = "is being set up by ano
         take, give = (("SELECT pg_try_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)") if scheme == "postgresql"
                       else ("SELECT GET_LOCK(:name, 0)", "SELECT RELEASE_LOCK(:name)"))
         params = {"key": key, "name": f"autoplace-{key & 0xFFFFFFFF:x}"}
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        # autocommit: a session lock, held with no transaction open (a server may end idle transactions)
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, isolation_level="AUTOCOMMIT")
         try:
-            with engine.connect() as connection:
+            connection = patiently(engine.connect, patience, redact(url))
+            try:
                 while not connection.execute(sqlalchemy.text(take), params).scalar():
-                    connection.rollback()
                     wait()
+                yield
                 try:
-                    yield
-                finally:
                     connection.execute(sqlalchemy.text(give), params)
-                    connection.commit()
+                except Exception as exc:  # the server went away: so did the lock, with its session
+                    if not lost_connection(exc):
+                        raise
+            finally:
+                with contextlib.suppress(Exception):
+                    connection.close()
         finally:
             engine.dispose()
         return

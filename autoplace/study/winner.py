@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 import statistics
 
 import numpy as np
@@ -19,19 +20,17 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import ensemble
-from ..config import Plan, SearchConfig, configs
+from ..config import CV_TOP, Plan, SearchConfig, configs
 from ..errors import AutoplaceError
 from ..runner import PromptRun, fit, metadata, prepare
 from ..tasks.base import units
 from .trials import load_trial, ranked_trials
 
-CV_TOP = 3  # templates cross-validated when --select cv comes without --confirm-top
-
-
 def judge_dev(run: PromptRun, study: optuna.Study, winner: int | None) -> tuple[tuple[float, float], list[int]]:
-    """The winner's 90% bootstrap interval on dev, and the completed trials inside it (tied with it on dev)."""
+    """The winner's 90% bootstrap interval of the task's metric on dev, and the completed trials inside it (tied
+    with it on dev: their values are that metric too)."""
     predicted, items = run.predictions("dev")
-    interval = bootstrap_interval(run.task.kind.hits(run.task, predicted, items))
+    interval = percentile_interval(bootstrap_scores(run.task, items, predicted)[:, 0])
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return interval, [t.number for t in tied_with(interval, complete, winner)]
 
@@ -51,10 +50,10 @@ def choose_winner(cfg: SearchConfig, study: optuna.Study, objective) -> tuple[Pr
         scores = [r[2] for r in runs]
         confirmed.append({"trial": trial.number, "template": trial.user_attrs["template"], "search_dev": trial.value,
                           "seed_devs": scores, "mean_dev": statistics.mean(scores),
-                          "std_dev": statistics.pstdev(scores), "runs": runs})
-    winner = max(confirmed, key=lambda c: (c["mean_dev"], c["search_dev"]))
+                          "std_dev": statistics.pstdev(scores), "one_answer": all(r[3] for r in runs), "runs": runs})
+    winner = max(confirmed, key=lambda c: (not c["one_answer"], c["mean_dev"], c["search_dev"]))
     study.set_user_attr("confirm", [{k: v for k, v in c.items() if k != "runs"} for c in confirmed])
-    run, meta, _ = max(winner["runs"], key=lambda r: r[2])  # dev selects among the winner's seeds too
+    run, meta, *_ = max(winner["runs"], key=lambda r: (not r[3], r[2]))  # dev selects among its seeds too
     meta["confirm"] = {"seeds": cfg.confirm_seeds, "mean_dev": winner["mean_dev"], "std_dev": winner["std_dev"]}
     return run, meta
 
@@ -74,32 +73,50 @@ def top_ensemble(cfg: SearchConfig, study: optuna.Study, objective):
 def manual_template(cfg: SearchConfig, objective) -> tuple[PromptRun, dict]:
     """The task's own template zero-shot, with its own words: the user's starting point, which a search's winner
     must beat to be worth taking."""
-    prompt, train_cfg = configs(Plan(objective.task.template, encoder="none"), objective.budget, cfg.seed)
+    text = re.sub(r" ?\[P(?::[^\]]*)?\] ?", " ", objective.task.template).strip()  # zero-shot: any slot goes
+    prompt, train_cfg = configs(Plan(text, encoder="none"), objective.budget, cfg.seed)
     run = prepare(objective.task, objective.backbone, prompt, cfg.data_dir)
     result = fit(run, train_cfg, progress=False)  # no slot: it is scored on dev as it is
     return run, metadata(run, train_cfg, result, None, {"study": cfg.study_name, "manual": True})
 
 
-def verdict(winner, manual, level: float = 0.9, resamples: int = 1000, seed: int = 0) -> dict:
+def verdict(winner, manual, level: float = 0.9) -> dict:
     """The winner against the manual template on the same dev examples: the difference of the task's metric, its
-    paired bootstrap interval (MultiRC's questions resampled whole), and one word. `tied` when the interval does not
-    exclude zero: dev did not show that the search beats the template the user started from."""
+    paired bootstrap interval, and one word. `tied` when the interval does not exclude zero: dev did not show that
+    the search beats the template the user started from."""
     task, metric = winner.task, winner.task.primary_metric
     (won, items), (kept, _) = winner.predictions("dev"), manual.predictions("dev")
-    difference = task.score(won, items)[metric] - task.score(kept, items)[metric]
-    groups = [item.group for item in items] if any(item.group is not None for item in items) else None
-    together, rng, diffs = units(groups, len(items)), np.random.default_rng(seed), []
-    for _ in range(resamples):
-        rows = [row for u in rng.integers(0, len(together), len(together)) for row in together[u]]
-        sample = [items[r] for r in rows]
-        diffs.append(task.score([won[r] for r in rows], sample)[metric]
-                     - task.score([kept[r] for r in rows], sample)[metric])
-    tail = (1 - level) / 2
-    lo, hi = float(np.quantile(diffs, tail)), float(np.quantile(diffs, 1 - tail))
+    scores = task.score(won, items)[metric], task.score(kept, items)[metric]
+    draws = bootstrap_scores(task, items, won, kept)
+    lo, hi = percentile_interval(draws[:, 0] - draws[:, 1], level)
     word = "better" if lo > 0 else "worse" if hi < 0 else "tied"
-    return {"metric": metric, "winner": task.score(won, items)[metric], "manual": task.score(kept, items)[metric],
-            "difference": difference, "interval": [lo, hi], "level": level, "word": word,
-            "examples": len(items), "manual_template": manual.prompt.template}
+    return {"metric": metric, "winner": scores[0], "manual": scores[1], "difference": scores[0] - scores[1],
+            "interval": [lo, hi], "level": level, "word": word, "examples": len(items),
+            "manual_template": manual.prompt.template}
+
+
+def bootstrap_scores(task, items, *predicted: list, resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """The task's metric on bootstrap resamples of dev, for each list of predictions on the same resamples (a paired
+    bootstrap): shape (resamples, len(predicted)). MultiRC's questions are drawn whole, and a question drawn twice
+    counts twice: each draw gets its own question id, so exact match is not merged across copies."""
+    metric = task.primary_metric
+    grouped = any(item.group is not None for item in items)
+    together = units([item.group for item in items] if grouped else None, len(items))
+    rng, out = np.random.default_rng(seed), np.zeros((resamples, len(predicted)))
+    if not items:
+        return out
+    for r in range(resamples):
+        rows = [(k, row) for k, u in enumerate(rng.integers(0, len(together), len(together))) for row in together[u]]
+        sample = ([dataclasses.replace(items[row], group=(k, items[row].group)) for k, row in rows] if grouped
+                  else [items[row] for _, row in rows])
+        for j, answers in enumerate(predicted):
+            out[r, j] = task.score([answers[row] for _, row in rows], sample)[metric]
+    return out
+
+
+def percentile_interval(values, level: float = 0.9) -> tuple[float, float]:
+    tail = (1 - level) / 2
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
 
 
 def top_distinct(ranked: list, k: int) -> list:
@@ -123,26 +140,27 @@ def cross_validate(cfg: SearchConfig, study: optuna.Study, objective, candidates
     last_step_only = dataclasses.replace(objective.budget, eval_every=objective.budget.steps, eval_examples=0)
     results = []
     for trial in candidates:
-        scores = [retrain(cfg, objective, trial, cfg.seed, fold, last_step_only)[2] for fold in folds]
+        runs = [retrain(cfg, objective, trial, cfg.seed, fold, last_step_only) for fold in folds]
         results.append({"trial": trial.number, "template": trial.user_attrs["template"], "search_dev": trial.value,
-                        **summary(scores)})
+                        "one_answer": all(r[3] for r in runs), **summary([r[2] for r in runs])})
     study.set_user_attr("cv", {"folds": cfg.folds, "candidates": results})
-    winner = max(results, key=lambda r: (r["mean"], r["search_dev"]))
-    run, meta, _ = retrain(cfg, objective, next(t for t in candidates if t.number == winner["trial"]), cfg.seed)
+    winner = max(results, key=lambda r: (not r["one_answer"], r["mean"], r["search_dev"]))
+    run, meta, *_ = retrain(cfg, objective, next(t for t in candidates if t.number == winner["trial"]), cfg.seed)
     meta["cv"] = {"folds": cfg.folds, "mean": winner["mean"], "std": winner["std"]}
     return run, meta
 
 
 def retrain(cfg: SearchConfig, objective, trial: optuna.trial.FrozenTrial, seed: int, task=None,
             budget=None):
-    """A trial's plan trained afresh with another seed (or on another task's splits, or another budget)."""
+    """A trial's plan trained afresh with another seed (or on another task's splits, or another budget): (the run,
+    its metadata, its dev score, whether it gave one answer to all of dev)."""
     plan = objective.space.plan_of(trial, objective.backbone.causal)
     prompt, train_cfg = configs(plan, budget or objective.budget, seed)
     run = prepare(task or objective.task, objective.backbone, prompt, cfg.data_dir)
     result = fit(run, train_cfg, progress=False)
     meta = metadata(run, train_cfg, result, None,
                     {"study": cfg.study_name, "trial": trial.number, "confirm_seed": seed})
-    return run, meta, result.dev[objective.task.primary_metric]
+    return run, meta, result.dev[objective.task.primary_metric], result.one_answer
 
 
 @dataclasses.dataclass
@@ -184,18 +202,6 @@ def _tagged_groups(split, group_field: str | None, name: str):
     if not group_field:
         return split
     return split.map(lambda ex: {group_field: f"{name}/{ex[group_field]}"})
-
-
-def bootstrap_interval(hits: list[bool], level: float = 0.9, resamples: int = 2000,
-                       seed: int = 0) -> tuple[float, float]:
-    """The percentile bootstrap interval of an accuracy from its per-example hits."""
-    if not hits:
-        return 0.0, 0.0
-    rng = np.random.default_rng(seed)
-    values = np.asarray(hits, dtype=float)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(1)
-    tail = (1 - level) / 2
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
 def tied_with(interval: tuple[float, float], trials, winner_number: int | None) -> list:

@@ -45,9 +45,9 @@ class Interrupted(KeyboardInterrupt):
 def phase(what: str):
     """A Ctrl-C (or SIGTERM) in here says where the search stopped, and that the same command resumes it; an
     interrupted trial has already said what became of it."""
-    TICKER.doing(what)
     try:
-        yield
+        with TICKER.doing(what):
+            yield
     except Interrupted as exc:
         if exc.told:
             raise
@@ -103,7 +103,7 @@ class Objective:
         trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
         trial.set_user_attr("steps", result.steps_done)
         trial.set_user_attr("dev", result.dev)
-        trial.set_user_attr("one_answer", result.one_answer)  # ranked below every trial that is not (winner.py)
+        trial.set_user_attr("one_answer", result.one_answer)  # ranked below every trial that is not (trials.py)
         if result.stopped_early:
             trial.set_user_attr("reason", f"pruned at step {result.steps_done}")
             raise optuna.TrialPruned()
@@ -136,7 +136,6 @@ def keep_going(trial: optuna.Trial, step: int, last_step: int, is_reference: boo
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> tuple[str, str | None]:
     """Run one claimed trial and tell the study; a failing trial never ends the worker."""
     value, state, attrs = None, TrialState.FAIL, {}
-    TICKER.doing(f"training trial {trial.number}")
     try:
         with Heartbeat(study, trial):
             value = objective(trial)
@@ -200,7 +199,8 @@ def work(cfg: SearchConfig, worker: int = 0, task=None, objective: Objective | N
                         continue
                     break
                 began = time.time()
-                state, reason = run_trial(study, trial, objective)
+                with TICKER.doing(f"training trial {trial.number}"):
+                    state, reason = run_trial(study, trial, objective)
                 done[state] += 1
                 progress.trial_done(study, trial, state, reason, time.time() - began)
                 if reason:
