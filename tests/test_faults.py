@@ -562,8 +562,18 @@ def test_a_dead_workers_trial_is_failed_and_retried_once(monkeypatch, tmp_path, 
 
 
 def _join_with_more(url, name, n_trials, barrier, counts_seen):
-    """A worker process joining the study with a larger --n-trials, at the same moment as the others."""
+    """A worker process joining the study with a larger --n-trials, at the same moment as the others. It pauses
+    between counting the queue and topping it up, so that joiners without a lock all count the same 3 trials."""
+    import autoplace.study.storage as storage_module
     from autoplace.study.storage import budget_trials, open_storage, open_study
+    counted = storage_module.budget_trials
+
+    def count_slowly(study):
+        trials = counted(study)
+        time.sleep(0.5)
+        return trials
+
+    storage_module.budget_trials = count_slowly
     storage = open_storage(url)
     barrier.wait()
     study, _ = open_study(url, storage, name, None, None, lambda s: None, n_trials)
