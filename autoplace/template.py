@@ -1,6 +1,8 @@
 """The template language: ``{field}`` text, ``[P:n]`` prompt slots, ``[MASK]`` answer, literal text.
 
-Parsing keeps the column of every part so that errors can point at it.
+A slot may name its depth in the network: ``[P:n]`` (or ``[P:n@0]``) enters at the input embeddings, ``[P:n@k]``
+replaces the hidden states at layer k's input (below it the slot holds a filler token), ``[P:n@all]`` gets a fresh
+vector at every layer's input (deep prompts). Parsing keeps the column of every part so that errors can point at it.
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from typing import Iterable, Union
 from .errors import AutoplaceError
 
 MAX_SLOT_LENGTH = 64
-_TOKEN = re.compile(r"\{([^{}]*)\}|\[P(?::([^\]]*))?\]|\[MASK\]")
+_TOKEN = re.compile(r"\{([^{}]*)\}|\[P(?::([^\]@]*))?(?:@([^\]]*))?\]|\[MASK\]")
+ALL_LAYERS = "all"  # a slot's depth: a layer index, or every layer
 
 
 class TemplateError(AutoplaceError):
@@ -34,6 +37,11 @@ class Slot:
     length: int
     index: int  # slots are numbered left to right
     column: int
+    depth: int | str = 0  # the layer whose input it replaces (0: the embeddings), or ALL_LAYERS
+
+    def layers(self, n_layers: int) -> range:
+        """The layers whose input this slot's vectors replace."""
+        return range(n_layers) if self.depth == ALL_LAYERS else range(self.depth, self.depth + 1)
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,11 @@ class Template:
     @property
     def n_prompt_tokens(self) -> int:
         return sum(s.length for s in self.slots)
+
+    @property
+    def depths(self) -> list[int | str]:
+        """Each slot's depth, left to right."""
+        return [s.depth for s in self.slots]
 
     def __str__(self) -> str:
         return self.text
@@ -97,7 +110,7 @@ def parse(text: str) -> Template:
                 raise _error(text, column, f"slot length {raw!r} is not a number") from None
             if not 1 <= length <= MAX_SLOT_LENGTH:
                 raise _error(text, column, f"slot length {length} is outside 1-{MAX_SLOT_LENGTH}")
-            parts.append(Slot(length, n_slots, column))
+            parts.append(Slot(length, n_slots, column, _depth(text, column, match.group(3))))
             n_slots += 1
         pos = match.end()
     _literal(text, pos, len(text), parts)
@@ -107,6 +120,25 @@ def parse(text: str) -> Template:
     if len(masks) > 1:
         raise _error(text, masks[1].column, "template has a second [MASK]; exactly one is allowed")
     return Template(text, tuple(parts))
+
+
+def _depth(text: str, column: int, raw: str | None) -> int | str:
+    if raw is None:
+        return 0
+    if raw.strip() == ALL_LAYERS:
+        return ALL_LAYERS
+    if not raw.strip().isdigit():
+        raise _error(text, column, f"slot depth {raw!r} is not a layer number or 'all' (as in [P:4@12], [P:4@all])")
+    return int(raw)
+
+
+def check_depth(template: Template, n_layers: int, model: str) -> Template:
+    """A slot deeper than the model is refused, naming the model's depth."""
+    for slot in template.slots:
+        if slot.depth != ALL_LAYERS and slot.depth >= n_layers:
+            raise _error(template.text, slot.column, f"slot depth @{slot.depth} is beyond {model}'s {n_layers} "
+                                                     f"layers (use @0 to @{n_layers - 1}, or @all)")
+    return template
 
 
 def unescape(text: str) -> str:
@@ -148,7 +180,7 @@ def render(template: Template, example: dict) -> str:
         elif isinstance(part, Field):
             out.append(str(example[part.name]))
         elif isinstance(part, Slot):
-            out.append("[P]" * part.length)
+            out.append(("[P]" if part.depth == 0 else f"[P@{part.depth}]") * part.length)
         else:
             out.append("[MASK]")
     return "".join(out)
