@@ -17,6 +17,8 @@ EXIT_USAGE = 2
 MAX_LENGTH = Budget.max_length
 TASKS_HELP = ("a built-in task (rte|nli, cb, boolq, copa, wic, wsc, multirc, mr|sentiment; `autoplace tasks` lists "
               "them) or a task .yaml")
+TEMPLATE_SYNTAX = ("template syntax: {field} a field's text; [P:n] n trained prompt tokens at the input; [P:n@k] "
+                   "at layer k's input instead; [P:n@all] a fresh vector at every layer; [MASK] the answer")
 
 
 class _Defaults(argparse.HelpFormatter):
@@ -105,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one template's prompt and export it")
     p.add_argument("--task", default=None, help=f"{TASKS_HELP} (default: --template DIR's task)")
-    p.add_argument("--template", default=None, help="template text, a file holding it, or an exported DIR")
+    p.add_argument("--template", default=None, help="template text, a file holding it, or an exported DIR; "
+                   + TEMPLATE_SYNTAX)
     p.add_argument("--encoder", choices=ENCODERS, default=None, help=f"default: {ENCODER}, or the artifact's")
     p.add_argument("--init", choices=INITS, default=None, help=f"default: {INIT}, or the artifact's")
     p.add_argument("--init-words", default=None, help="comma-separated words for vocab init")
@@ -154,6 +157,7 @@ def cmd_tasks(args) -> None:
         print(f"{name}{alias}: {task.description}\n    template: {task.template}\n    {answers}{scoring}\n"
               f"    metrics: {', '.join(task.metrics if task.kind.needs_verbalizer else task.kind.metrics)} "
               f"(dev selects by {task.primary_metric})")
+    print(f"\n{TEMPLATE_SYNTAX}")
 
 
 def cmd_space(args) -> None:

@@ -12,6 +12,10 @@ prompt tokens), the median wall time of repeated steps after warm-up:
       sequence the backbone sees has the same length
   e   autoplace train step, end-only template  {premise} Question: {hypothesis}? [P:8] Answer:, prefix cache warm
   e'  the same with the prefix cache off
+  f   autoplace train step, a late prompt at half depth  [P:8@L/2] {premise} ..., late cache warm (the layers below
+      it ran once, earlier)
+  f'  the same with the late cache off
+  g   autoplace train step, deep prompts  [P:8@all] {premise} ... (a fresh vector at every layer's input)
 
 With --before, two more: b0 and e0 are b and e with the model's forward as it was before the prefix cache and the
 no-K/V-copy change (commit b645f39), for a before/after record.
@@ -65,6 +69,8 @@ TEMPLATES = {
     "prefix": "[P:8] {premise} Question: {hypothesis}? Answer: [MASK]",
     "mixed": "[P:3] {premise} [P:3] Question: {hypothesis}? [P:2] Answer: [MASK]",
     "end": "{premise} Question: {hypothesis}? [P:8] Answer: [MASK]",
+    "late": "[P:8@HALF] {premise} Question: {hypothesis}? Answer: [MASK]",  # HALF: the backbone's layers // 2
+    "deep": "[P:8@all] {premise} Question: {hypothesis}? Answer: [MASK]",
 }
 VARIANTS = {  # name: (description, template, prefix cache on)
     "a": ("plain backbone forward, no grad", "plain", None),
@@ -74,10 +80,14 @@ VARIANTS = {  # name: (description, template, prefix cache on)
     "d": ("PEFT P-tuning step", "plain", None),
     "e": ("autoplace step, end-only, prefix cache warm", "end", True),
     "e'": ("autoplace step, end-only, cache off", "end", False),
+    "f": ("autoplace step, late prompt at half depth, late cache warm", "late", True),
+    "f'": ("autoplace step, late prompt at half depth, cache off", "late", False),
+    "g": ("autoplace step, deep prompts (every layer)", "deep", True),
 }
 BEFORE = {"b0": ("b at commit b645f39 (before)", "prefix", "before"),
           "e0": ("e at commit b645f39 (before)", "end", "before")}
-RATIOS = {"b/a": 2.1, "c/a": None, "b/d": 0.8, "c/d": None, "e/b": 0.6, "e'/b": None, "b'/b": None}
+RATIOS = {"b/a": 2.1, "c/a": None, "b/d": 0.8, "c/d": None, "e/b": 0.6, "e'/b": None, "b'/b": None, "f/b": 0.55,
+          "f'/b": None, "g/b": 1.15}
 
 
 def rte_examples(n: int) -> list[dict]:
@@ -114,8 +124,9 @@ class Bench:
         for name, (_, template, cached) in {**VARIANTS, **(BEFORE if before else {})}.items():
             if cached is None:
                 continue
-            feat, model = build(task, backbone, PromptConfig(TEMPLATES[template], encoder="mlp", max_length=length))
-            model.use_prefix_cache = cached is True
+            text = TEMPLATES[template].replace("HALF", str(backbone.n_layers // 2))
+            feat, model = build(task, backbone, PromptConfig(text, encoder="mlp", max_length=length))
+            model.use_prefix_cache = model.use_late_cache = cached is True
             if cached == "before":
                 model.forward = types.MethodType(forward_before, model)
             items = exact_items(feat, examples, length)

@@ -129,6 +129,10 @@ CASES = {
                                "column 1: unknown field {sentense}"),
     "template slot too long": (lambda r, t: train(t, _task(r, t), template="[P:65] {sentence} [MASK]"),
                                "slot length 65 is outside 1-64"),
+    "template depth beyond the model": (lambda r, t: train(t, _task(r, t), template="{sentence} [P:2@7] It was [MASK]"),
+                                        "slot depth @7 is beyond tiny-gpt2's 2 layers (use @0 to @1, or @all)"),
+    "template depth not a layer": (lambda r, t: train(t, _task(r, t), template="{sentence} [P:2@top] [MASK]"),
+                                   "slot depth 'top' is not a layer number or 'all'"),
     "template mask not last (causal)": (lambda r, t: train(t, _task(r, t), template="{sentence} [MASK] [P:2]"),
                                         "[MASK] must end the template for a causal model"),
     # search-space YAML

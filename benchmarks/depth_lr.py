@@ -1,0 +1,124 @@
+"""Which learning rate fits which depth: a sweep on train and dev (the test split is not read).
+
+The same prompt (the reference's 6 tokens, encoder and init, on each task's default phrasing) enters at the input,
+at every layer (`@all`), or at one layer at half depth (`@L/2`, at the start of the text or just before the answer),
+and each is trained with a grid of learning rates at the placement study's `small` budget. Dev (the checkpoint the
+trainer keeps) is what the grid is read by: the references' learning rate per depth is the best mean over tasks.
+Hidden-state norms per layer are recorded too, to compare with a step size scaled by the norm where a prompt enters.
+
+    python benchmarks/depth_lr.py --tasks mr,cb --precision bf16
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from common import write_results
+from placement_study import BUDGETS, task_for
+
+from autoplace.backbones import load_backbone
+from autoplace.config import PRECISIONS, Budget, Plan, Reference, configs
+from autoplace.injection import layer_inputs
+from autoplace.runner import fit, prepare
+from autoplace.study.space import default_space_path, load_space
+
+GRID = {  # depth: learning rates tried
+    "input": [3e-3, 3e-2, 1e-1],
+    "all": [3e-3, 1e-2, 3e-2],
+    "late (start)": [3e-2, 1e-1, 3e-1],
+    "late (before answer)": [3e-2, 1e-1, 3e-1],
+}
+
+
+def template_for(depth: str, manual: str, n_layers: int, length: int) -> str:
+    at = {"input": "", "all": "@all"}.get(depth, f"@{n_layers // 2}")
+    slot = f"[P:{length}{at}]"
+    if depth == "late (before answer)":
+        return manual.replace("[MASK]", f"{slot} [MASK]")
+    return f"{slot} {manual}"
+
+
+def hidden_norms(backbone, text: str) -> list[float]:
+    """Median hidden-state norm at each layer's input, over a sentence's tokens (the first, a sink, left out)."""
+    ids = backbone.tokenizer(text, return_tensors="pt").input_ids.to(backbone.device)
+    seen = layer_inputs(backbone.trunk, backbone.layers, list(range(backbone.n_layers)), input_ids=ids,
+                        attention_mask=torch.ones_like(ids))
+    return [round(float(seen[layer][0, 1:].float().norm(dim=-1).median()), 2) for layer in range(backbone.n_layers)]
+
+
+def sweep_task(name: str, backbone, budget: dict, seed: int, reference: Reference) -> dict:
+    task, data_dir, _ = task_for(name, budget)
+    manual = load_space(default_space_path(name)).manual_template
+    fit_budget = Budget(**{k: budget[k] for k in ("steps", "eval_every", "batch_size", "max_length")})
+    rows = {}
+    for depth, rates in GRID.items():
+        template = template_for(depth, manual, backbone.n_layers, reference.total_length)
+        for lr in rates:
+            prompt, cfg = configs(Plan(template, reference.encoder, reference.init, lr), fit_budget, seed)
+            run = prepare(task, backbone, prompt, data_dir)
+            result = fit(run, cfg, progress=False)
+            rows.setdefault(depth, {"template": template, "runs": []})["runs"].append(
+                {"lr": lr, "dev": result.dev[task.primary_metric], "train_seconds": round(result.train_seconds, 1)})
+            print(f"== {name} {depth} lr {lr:g}: dev {result.dev[task.primary_metric]:.3f} "
+                  f"({result.train_seconds:.0f} s)", flush=True)
+    return {"task": name, "metric": task.primary_metric, "rows": rows}
+
+
+def best_rates(results: list[dict]) -> dict:
+    """Per depth: the learning rate with the best dev mean over the tasks swept."""
+    best = {}
+    for depth, rates in GRID.items():
+        means = {lr: sum(next(r["dev"] for r in t["rows"][depth]["runs"] if r["lr"] == lr) for t in results)
+                 / len(results) for lr in rates}
+        best[depth] = {"lr": max(means, key=means.get), "dev_means": {f"{lr:g}": round(m, 4) for lr, m in means.items()}}
+    return best
+
+
+def markdown(report: dict) -> str:
+    tasks = [t["task"] for t in report["tasks"]]
+    metrics = ", ".join(f"{t['task']} {t['metric']}" for t in report["tasks"])
+    lines = [f"Budget `{report['budget']}` ({report['settings']['steps']} steps of batch "
+             f"{report['settings']['batch_size']}), seed {report['seed']}, precision {report['precision']}; "
+             f"dev score of the kept checkpoint ({metrics})."
+             " The test split is not read.", "",
+             "| depth | lr | " + " | ".join(tasks) + " | mean |", "| --- | --- |" + " --- |" * (len(tasks) + 1)]
+    for depth, rates in GRID.items():
+        for lr in rates:
+            devs = [next(r["dev"] for r in t["rows"][depth]["runs"] if r["lr"] == lr) for t in report["tasks"]]
+            mark = " **best**" if report["best"][depth]["lr"] == lr else ""
+            lines.append(f"| {depth} | {lr:g}{mark} | " + " | ".join(f"{100 * d:.1f}" for d in devs)
+                         + f" | {100 * sum(devs) / len(devs):.1f} |")
+    norms = report["hidden_norms"]
+    lines += ["", "Median hidden-state norm at a layer's input (SmolLM2 tokens of an MR sentence): "
+              + ", ".join(f"layer {i} {n:g}" for i, n in enumerate(norms) if i % 5 == 0 or i == len(norms) // 2) + ".",
+              "", "Templates: " + "; ".join(f"{d}: `{r['template']}`" for d, r in report["tasks"][0]["rows"].items())]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="mr,cb")
+    parser.add_argument("--budget", choices=list(BUDGETS), default="small")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
+    args = parser.parse_args()
+    budget = BUDGETS[args.budget]
+    backbone = load_backbone(args.model, precision=args.precision)
+    started = time.time()
+    results = [sweep_task(name, backbone, budget, args.seed, Reference()) for name in args.tasks.split(",")]
+    report = {"budget": args.budget, "settings": budget, "seed": args.seed, "model": args.model,
+              "precision": backbone.precision, "command": "python benchmarks/depth_lr.py " + " ".join(sys.argv[1:]),
+              "seconds": round(time.time() - started, 1), "tasks": results, "best": best_rates(results),
+              "hidden_norms": hidden_norms(backbone, "the movie was a delight from start to finish, and the actors "
+                                                     "carried every scene with ease")}
+    table = markdown(report)
+    print(table)
+    write_results("depth_lr", report, "Produced by `benchmarks/depth_lr.py`.\n\n" + table)
+
+
+if __name__ == "__main__":
+    main()
