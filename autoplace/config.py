@@ -32,7 +32,11 @@ CV_TOP = 3                        # templates cross-validated when --select cv c
 # A search space's ranges when its YAML does not give them (and what a derived space writes).
 SPACE_SLOTS = (1, 3)              # prompt slots per template
 SPACE_LENGTH = (2, 8)             # tokens per slot
-SPACE_LR = (1e-4, 3e-2)           # sampled log-uniformly
+SPACE_LR = (1e-4, 3e-2)           # sampled log-uniformly (prompts at the input)
+DEPTHS = ("input", "all", "late")  # where in the network a trial's prompts enter: the embeddings, every layer, one
+SPACE_DEPTHS = ("input",)         # a space that names no depth keeps its prompts at the input
+SPACE_LATE = (0.33, 0.75)         # a late prompt's layer, as fractions of the model's depth
+SPACE_DEPTH_LR = {"all": (1e-3, 3e-2), "late": (1e-2, 3e-1)}  # the lr ranges of deeper prompts (depth_lr.py)
 SCREEN_KEEP = 4                   # screened candidates that become the study's `words` choice
 SCREEN_EXAMPLES = 256             # at most this many train (and dev) examples in the zero-shot screen
 AUTO_WORDS_PER_CLASS = 5          # automatic label words: candidates per class ...
@@ -74,6 +78,8 @@ class Reference:
     lr: float = LR
     encoder: str = ENCODER
     init: str = INIT
+    lr_all: float = 1e-2    # the deep reference's learning rate (benchmarks/depth_lr.py)
+    lr_late: float = 1e-1   # the late reference's, at half depth
 
 
 @dataclass

@@ -228,3 +228,9 @@ def placement_class(template: Template) -> str:
     if not kinds:
         return "none"
     return f"{kinds.pop()}-only" if len(kinds) == 1 else "mixed"
+
+
+def depth_class(template: Template) -> str:
+    """input / all / late / mixed: where in the network a template's prompts enter (none: it has no prompt)."""
+    kinds = {"input" if d == 0 else "all" if d == ALL_LAYERS else "late" for d in template.depths}
+    return "none" if not kinds else kinds.pop() if len(kinds) == 1 else "mixed"

@@ -212,3 +212,79 @@ def test_peft_export_refuses_a_prompt_below_the_input(tiny_gpt2, toy_task_file, 
     with pytest.raises(AutoplaceError, match=r"PEFT export needs prompts at the input: .* at layer (1|all) ") as caught:
         export_peft(run, tmp_path / "adapter")
     assert "\n" not in str(caught.value) and not any(tmp_path.glob("*adapter*"))
+
+
+# -- depth in the search ----------------------------------------------------------------------------------------------
+DEPTH_SPACE = """
+skeleton: "<start> {sentence} <after:sentence> It was <before:answer> [MASK] <end>"
+slots: {min: 1, max: 2}
+length: {min: 2, max: 4}
+encoder: [none]
+lr: {low: 0.01, high: 0.1}
+depth: [input, all, late]
+late_layers: {min: 0.5, max: 0.5}
+depth_lr: {all: {low: 0.01, high: 0.02}, late: {low: 0.1, high: 0.2}}
+budget: {steps: 4, eval_every: 2, batch_size: 8, max_length: 64}
+reference: {total_length: 4, lr: 0.05, encoder: none, init: vocab, lr_all: 0.015, lr_late: 0.15}
+"""
+
+
+def test_a_space_samples_depth_with_a_learning_rate_range_per_depth(tmp_path):
+    import optuna
+    from autoplace.study.space import load_space
+    (tmp_path / "space.yaml").write_text(DEPTH_SPACE)
+    space = load_space(tmp_path / "space.yaml")
+    assert space.depths == ["input", "all", "late"] and space.needs_layers
+    with pytest.raises(AutoplaceError, match="a late depth needs the model's number of layers"):
+        space.late_layers()
+    space.n_layers = 30
+    assert space.late_layers() == (15, 15)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        plan = space.sample(trial, causal=True)
+        depth = trial.params["depth"]
+        seen.add(depth)
+        assert set(parse(plan.template).depths) == {{"input": 0, "all": ALL_LAYERS, "late": 15}[depth]}
+        name, (low, high) = ("lr", (0.0, 1.0)) if depth == "input" else (f"lr@{depth}", space.depth_lr[depth][:2])
+        assert low <= trial.params[name] <= high and plan.lr == trial.params[name]
+        assert space.plan_of(study.tell(trial, 0.5) or study.trials[-1], causal=True) == plan
+    assert seen == {"input", "all", "late"}
+    refs = dict(space.references(causal=True))
+    assert list(refs)[-2:] == ["deep", "late"]
+    assert refs["start-only"]["depth"] == "input" and refs["start-only"]["lr"] == 0.05
+    assert refs["deep"] == {**{k: v for k, v in refs["start-only"].items() if k != "lr"}, "depth": "all",
+                            "lr@all": 0.015}
+    assert refs["late"]["late_layer"] == 15 and refs["late"]["lr@late"] == 0.15
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("depth: [input, deep]\n", "key 'depth' must be a non-empty list of input, all, late"),
+    ("late_layers: {min: 0.5, max: 2}\n", "key 'late_layers' must stay within 0-1"),
+    ("depth_lr: {sideways: {low: 1, high: 2}}\n", "key 'depth_lr' must map all and/or late"),
+    ("depth_lr: {late: {low: 0.1}}\n", "key 'depth_lr.late' must be a mapping with low and high"),
+])
+def test_bad_depth_keys_are_refused_in_one_line(tmp_path, body, needle):
+    from autoplace.study.space import load_space
+    (tmp_path / "space.yaml").write_text('skeleton: "<a> {sentence} [MASK]"\n' + body)
+    with pytest.raises(AutoplaceError, match=needle.replace("(", r"\(")):
+        load_space(tmp_path / "space.yaml")
+
+
+def test_a_search_over_depth_trains_deep_and_late_references_and_reports_depth(toy_task_file, tmp_path, capsys):
+    import optuna
+    from autoplace.cli import main
+    (tmp_path / "space.yaml").write_text(DEPTH_SPACE)
+    out = tmp_path / "s"
+    assert main(["search", "--task", str(toy_task_file), "--space", str(tmp_path / "space.yaml"), "--model",
+                 "tiny-gpt2", "--out", str(out), "--n-trials", "8", "--pruner", "none"]) == 0
+    study = optuna.load_study(storage=f"sqlite:///{out}/study.db", study_name="autoplace-toy")
+    by_reference = {t.user_attrs.get("reference"): t for t in study.trials}
+    assert by_reference["deep"].user_attrs["template"] == "[P:4@all] {sentence} It was [MASK]"
+    assert by_reference["late"].user_attrs["template"] == "[P:4@1] {sentence} It was [MASK]"
+    assert [by_reference[r].user_attrs["depth"] for r in ("start-only", "deep", "late")] == ["input", "all", "late"]
+    report = (out / "report.md").read_text()
+    assert "| depth | trials | complete | best dev | mean dev |" in report and "| late | " in report
+    best = json.loads((out / "best" / "template.json").read_text())
+    assert autoplace.load(out / "best").evaluate("test") == best["test"]

@@ -73,6 +73,7 @@ def open_study(cfg: SearchConfig, objective) -> optuna.Study:
             study.set_user_attr("screen", record)
             study.set_user_attr("words", [w.to_dict() for w in kept])
         space.words = words_of(study)
+        space.n_layers = objective.backbone.n_layers if space.needs_layers else 0
         references = space.references(causal)
         references = fewer_zero_shot(references, cfg.n_trials)
         queued = {t.user_attrs.get("reference_key") for t in study.get_trials(deepcopy=False)}
@@ -91,6 +92,7 @@ def open_study(cfg: SearchConfig, objective) -> optuna.Study:
                                        cfg.n_trials, "is being set up by another process (its screen can take minutes)",
                                        cfg.storage_patience)
     space.words = words_of(study)
+    space.n_layers = objective.backbone.n_layers if space.needs_layers else 0
     return study
 
 

@@ -13,6 +13,8 @@ from .storage import counts
 from .trials import ranked_trials
 
 PLACEMENTS = ("none", "start-only", "middle-only", "end-only", "mixed")
+DEPTH_CLASSES = ("none", "input", "all", "late", "mixed")  # template.depth_class
+DEPTH_MARKERS = {"input": "o", "all": "^", "late": "v", "mixed": "P", "none": "o"}
 
 
 def _fmt(value, digits=3) -> str:
@@ -55,16 +57,24 @@ def _auto_words_lines(auto_words: dict) -> list[str]:
     return lines + [""] if lines else []
 
 
-def position_table(trials) -> list[dict]:
-    """Per placement class: trials, completed, best and mean dev (the P-tuning paper's table)."""
+def position_table(trials, by: str = "placement") -> list[dict]:
+    """Per placement class (the P-tuning paper's table), or per depth class: trials, completed, best and mean dev.
+    Trials from before depths were recorded entered at the input."""
     rows = []
-    for placement in PLACEMENTS:
-        group = [t for t in trials if t.user_attrs.get("placement") == placement]
+    for kind in (PLACEMENTS if by == "placement" else DEPTH_CLASSES):
+        group = [t for t in trials if _class_of(t, by) == kind]
         scores = [t.value for t in group if t.state == TrialState.COMPLETE]
-        rows.append({"placement": placement, "trials": len(group), "complete": len(scores),
+        rows.append({by: kind, "trials": len(group), "complete": len(scores),
                      "best_dev": max(scores) if scores else None,
                      "mean_dev": statistics.mean(scores) if scores else None})
     return rows
+
+
+def _class_of(trial, by: str) -> str:
+    if by == "placement":
+        return trial.user_attrs.get("placement")
+    none = trial.user_attrs.get("placement") == "none"
+    return "none" if none else trial.user_attrs.get("depth", "input")
 
 
 def verdict_lines(verdict: dict | None) -> list[str]:
@@ -137,6 +147,12 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
               "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r['placement']} | {r['trials']} | {r['complete']} | {_fmt(r['best_dev'])} | {_fmt(r['mean_dev'])} |"
               for r in position_table(trials)]
+    depths = [r for r in position_table(trials, "depth") if r["trials"]]
+    if any(r["depth"] not in ("none", "input") for r in depths):
+        lines += ["", "Depth (where in the network the prompts enter: the input, every layer, or one late layer):", "",
+                  "| depth | trials | complete | best dev | mean dev |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['depth']} | {r['trials']} | {r['complete']} | {_fmt(r['best_dev'])} | {_fmt(r['mean_dev'])} |"
+                  for r in depths]
     if (out / "position_effect.png").is_file():
         lines += ["", "![position effect](position_effect.png)"]
     confirm = study.user_attrs.get("confirm")
@@ -244,8 +260,9 @@ def _plots(study: optuna.Study, out: Path) -> list[Path]:
 
 
 def _position_effect(study: optuna.Study, ax, metric: str):
-    """The P-tuning paper's picture: a column per placement class, every completed trial a point; the zero-shot
-    references and the winner marked; with --confirm-top, the confirmed means and their spread."""
+    """The P-tuning paper's picture: a column per placement class, every completed trial a point, its marker the
+    depth its prompts enter at; the zero-shot references and the winner marked; with --confirm-top, the confirmed
+    means and their spread."""
     trials = _complete(study)
     if not trials:
         return False
@@ -254,7 +271,12 @@ def _position_effect(study: optuna.Study, ax, metric: str):
         group = [t for t in trials if t.user_attrs.get("placement") == placement]
         for i, t in enumerate(group):
             where[t.number] = (x + 0.25 * ((i * 0.618) % 1 - 0.5), t.value)  # a fixed jitter keeps points apart
-    ax.scatter(*zip(*where.values()), alpha=0.7, label="completed trial")
+    for depth in DEPTH_CLASSES[1:]:
+        points = [where[t.number] for t in trials if _class_of(t, "depth") == depth
+                  or (depth == "input" and _class_of(t, "depth") == "none")]
+        if points:
+            ax.scatter(*zip(*points), alpha=0.7, marker=DEPTH_MARKERS[depth],
+                       label="completed trial" if depth == "input" else f"prompts at depth: {depth}")
     zero_shot = [where[t.number] for t in trials if t.user_attrs.get("reference") == "zero-shot"]
     if zero_shot:
         ax.scatter(*zip(*zero_shot), marker="D", s=80, facecolor="none", edgecolor="tab:red", label="zero-shot")

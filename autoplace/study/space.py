@@ -10,19 +10,22 @@ the same parameters, so the study can enqueue them and TPE learns from them.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import AutoplaceError
-from ..config import (AUTO_WORD_SETS, AUTO_WORDS_PER_CLASS, SCREEN_EXAMPLES, SCREEN_KEEP, SPACE_LENGTH, SPACE_LR,
-                      SPACE_SLOTS, ENCODERS, INITS, Budget, Plan, Reference)
+from ..config import (AUTO_WORD_SETS, AUTO_WORDS_PER_CLASS, DEPTHS, SCREEN_EXAMPLES, SCREEN_KEEP, SPACE_DEPTH_LR,
+                      SPACE_DEPTHS, SPACE_LATE, SPACE_LENGTH, SPACE_LR, SPACE_SLOTS, ENCODERS, INITS, Budget, Plan,
+                      Reference)
 from ..template import Mask, TemplateError, parse, placement_class, unescape, validate
 
 MARKER = re.compile(r"<([A-Za-z][A-Za-z0-9_:\-]*)>")
 FAMILY = {"rte": "nli", "nli": "nli", "cb": "cb", "boolq": "boolq", "mr": "sentiment", "sentiment": "sentiment",
           "copa": "copa", "wic": "wic", "wsc": "wsc", "multirc": "multirc"}
 REFERENCE_CLASSES = ("start-only", "middle-only", "end-only", "mixed")
+DEPTH_REFERENCES = {"deep": "all", "late": "late"}  # reference name: depth; on the start-only placement
 CALIBRATIONS = ("none", "content_free")
 
 
@@ -37,8 +40,9 @@ class Skeleton:
         """The skeleton with no prompt: its zero-shot template."""
         return self.render({})
 
-    def render(self, lengths: dict[str, int]) -> str:
-        text = MARKER.sub(lambda m: f" [P:{lengths[m.group(1)]}] " if m.group(1) in lengths else " ", self.text)
+    def render(self, lengths: dict[str, int], at: str = "") -> str:
+        """The skeleton with a slot of lengths[place] at each chosen place; `at` is every slot's depth (`@12`)."""
+        text = MARKER.sub(lambda m: f" [P:{lengths[m.group(1)]}{at}] " if m.group(1) in lengths else " ", self.text)
         return re.sub(r" *\n *", "\n", re.sub(r" {2,}", " ", text)).strip()
 
     def usable_places(self, causal: bool) -> list[str]:
@@ -80,6 +84,10 @@ class SearchSpace:
     inits: list[str] = field(default_factory=lambda: list(INITS))
     encoders: list[str] = field(default_factory=lambda: list(ENCODERS))
     lr: tuple[float, float, bool] = (*SPACE_LR, True)
+    depths: list[str] = field(default_factory=lambda: list(SPACE_DEPTHS))
+    late: tuple[float, float] = SPACE_LATE  # a late prompt's layer range, as fractions of the model's depth
+    depth_lr: dict = field(default_factory=lambda: {d: (*r, True) for d, r in SPACE_DEPTH_LR.items()})
+    n_layers: int = 0  # the backbone's, set per study where a prompt may enter below the input
     budget: Budget = field(default_factory=Budget)
     reference: Reference = field(default_factory=Reference)
     task: str | None = None
@@ -152,9 +160,25 @@ class SearchSpace:
         k = trial.suggest_int(self._name(t, "n_slots"), self.slots[0], min(self.slots[1], len(places)))
         chosen = trial.suggest_categorical(self._name(t, f"places@{k}"), self.combos(places, k)).split("+")
         lengths = {p: trial.suggest_int(self._name(t, f"length:{p}"), *self.length) for p in chosen}
-        return Plan(skeleton.render(lengths), init=trial.suggest_categorical("init", self.inits),
+        depth = trial.suggest_categorical("depth", self.depths) if len(self.depths) > 1 else self.depths[0]
+        at = f"@{trial.suggest_int('late_layer', *self.late_layers())}" if depth == "late" else \
+            "@all" if depth == "all" else ""
+        low, high, log = self.lr if depth == "input" else self.depth_lr[depth]
+        return Plan(skeleton.render(lengths, at), init=trial.suggest_categorical("init", self.inits),
                     encoder=trial.suggest_categorical("encoder", self.encoders),
-                    lr=trial.suggest_float("lr", self.lr[0], self.lr[1], log=self.lr[2]), **said)
+                    lr=trial.suggest_float("lr" if depth == "input" else f"lr@{depth}", low, high, log=log), **said)
+
+    @property
+    def needs_layers(self) -> bool:
+        """Whether sampling needs the model's number of layers (set n_layers first)."""
+        return any(depth != "input" for depth in self.depths)
+
+    def late_layers(self) -> tuple[int, int]:
+        """The layers a late prompt may enter at: the space's fractions of the model's depth (at least layer 1)."""
+        if not self.n_layers:
+            raise AutoplaceError(f"search space {self.path}: a late depth needs the model's number of layers")
+        low = max(1, round(self.late[0] * self.n_layers))
+        return low, max(low, min(self.n_layers - 1, round(self.late[1] * self.n_layers)))
 
     def plan_of(self, trial, causal: bool) -> Plan:
         """The plan a finished trial ran, rebuilt from its stored parameters through `sample` itself."""
@@ -178,6 +202,7 @@ class SearchSpace:
         picks = {c.removesuffix("-only"): ps for c, ps in by_class.items()}
         plans = {f"{c}-only": picks.get(c, []) for c in ("start", "middle", "end")}
         plans["mixed"] = [ps[0] for c, ps in picks.items()] if len(picks) > 1 else []
+        placements = []
         for name in REFERENCE_CLASSES:
             chosen = self._fit_places(plans[name])
             if not chosen:
@@ -187,8 +212,18 @@ class SearchSpace:
                       self._name(t, "n_slots"): len(chosen),
                       self._name(t, f"places@{len(chosen)}"): "+".join(chosen),
                       **{self._name(t, f"length:{p}"): n for p, n in zip(chosen, lengths)},
-                      "init": self.reference.init, "encoder": self.reference.encoder, "lr": self.reference.lr}
-            out.append((name, params))
+                      "init": self.reference.init, "encoder": self.reference.encoder}
+            placements.append((name, params))
+        if "input" in self.depths:
+            depth = {"depth": "input"} if len(self.depths) > 1 else {}
+            out += [(name, {**params, **depth, "lr": self.reference.lr}) for name, params in placements]
+        for name, depth in DEPTH_REFERENCES.items():  # the first placement (start-only where there is one), deeper
+            if placements and depth in self.depths:
+                lr = self.reference.lr_all if depth == "all" else self.reference.lr_late
+                late = {"late_layer": min(max(self.n_layers // 2, self.late_layers()[0]), self.late_layers()[1])} \
+                    if depth == "late" else {}
+                out.append((name, {**placements[0][1], **({"depth": depth} if len(self.depths) > 1 else {}),
+                                   f"lr@{depth}": lr, **late}))
         return out
 
     def _fit_places(self, chosen: list[str]) -> list[str]:
@@ -222,8 +257,10 @@ def _range(spec: dict, key: str, kind, lo_key="min", hi_key="max", bounds=None) 
         raise _bad(spec, key, f"must be a mapping with {lo_key} and {hi_key}")
     try:
         lo, hi = kind(value[lo_key]), kind(value[hi_key])
-    except (TypeError, ValueError):
-        raise _bad(spec, key, f"{lo_key} and {hi_key} must be numbers") from None
+    except (TypeError, ValueError, OverflowError):
+        raise _bad(spec, key, f"{lo_key} and {hi_key} must be finite numbers") from None
+    if not all(math.isfinite(v) for v in (lo, hi)):
+        raise _bad(spec, key, f"{lo_key} and {hi_key} must be finite numbers")
     if lo > hi or lo <= 0:
         raise _bad(spec, key, f"needs 0 < {lo_key} <= {hi_key} (got {lo}, {hi})")
     if bounds and (lo < bounds[0] or hi > bounds[1]):
@@ -264,7 +301,8 @@ def _section(spec: dict, key: str, cls):
 
 
 KNOWN_KEYS = {"task", "skeleton", "templates", "places", "slots", "length", "init", "encoder", "lr", "budget",
-              "reference", "description", "verbalizers", "calibrate", "screen", "auto_verbalizer"}
+              "reference", "description", "verbalizers", "calibrate", "screen", "auto_verbalizer", "depth",
+              "late_layers", "depth_lr"}
 ZERO_MEANS_OFF = {"patience", "eval_examples"}  # budget keys for which 0 means "not used"
 SCREEN_KEYS = {"keep": SCREEN_KEEP, "examples": SCREEN_EXAMPLES}
 AUTO_KEYS = {"k": AUTO_WORDS_PER_CLASS, "n": AUTO_WORD_SETS}
@@ -331,6 +369,19 @@ def _counts(spec: dict, key: str, defaults: dict) -> dict:
     return out
 
 
+def _depth_lr(spec: dict) -> dict:
+    """Each deeper depth's lr range: the space's `depth_lr: {all: {low, high}, late: {...}}`, else config's."""
+    given = spec.get("depth_lr", {})
+    if not isinstance(given, dict) or any(d not in SPACE_DEPTH_LR for d in given):
+        raise _bad(spec, "depth_lr", f"must map {' and/or '.join(SPACE_DEPTH_LR)} to an lr range {{low, high}}")
+    out = {}
+    for depth, (low, high) in SPACE_DEPTH_LR.items():
+        value = given.get(depth, {"low": low, "high": high})
+        out[depth] = (*_range({**spec, f"depth_lr.{depth}": value}, f"depth_lr.{depth}", float, "low", "high"),
+                      bool(value.get("log", True)) if isinstance(value, dict) else True)
+    return out
+
+
 def load_space(path: str | Path) -> SearchSpace:
     from ..inputs import read_yaml
     path = Path(path)
@@ -349,6 +400,7 @@ def load_space(path: str | Path) -> SearchSpace:
     screen, auto_counts = _counts(spec, "screen", SCREEN_KEYS), _counts(spec, "auto_verbalizer", AUTO_KEYS)
     lr = spec.get("lr", {"low": SPACE_LR[0], "high": SPACE_LR[1], "log": True})
     low, high = _range({**spec, "lr": lr}, "lr", float, "low", "high")
+    depths = _choices(spec, "depth", DEPTHS, list(SPACE_DEPTHS))
     space = SearchSpace(
         path=str(path), skeletons=skeletons,
         slots=_range(spec, "slots", int) if "slots" in spec else SPACE_SLOTS,
@@ -359,7 +411,9 @@ def load_space(path: str | Path) -> SearchSpace:
         verbalizers=verbalizers, auto_verbalizers=auto,
         calibrations=tuple(_choices(spec, "calibrate", CALIBRATIONS, ["none"])),
         screen_keep=screen["keep"], screen_examples=screen["examples"], auto_k=auto_counts["k"],
-        auto_n=auto_counts["n"])
+        auto_n=auto_counts["n"], depths=depths,
+        late=_range(spec, "late_layers", float, bounds=(0, 1)) if "late_layers" in spec else SPACE_LATE,
+        depth_lr=_depth_lr(spec))
     if space.reference.encoder not in ENCODERS or space.reference.init not in INITS:
         raise _bad(spec, "reference", f"encoder/init must be one of {ENCODERS} / {INITS}")
     if space.budget.eval_every > space.budget.steps:

@@ -21,7 +21,7 @@ from ..errors import AutoplaceError
 from ..config import SearchConfig, configs
 from ..runner import export, fit, metadata, prepare
 from ..tasks import get_task
-from ..template import parse, placement_class
+from ..template import depth_class, parse, placement_class
 from ..trainer import NonFiniteLoss, dev_steps
 from .progress import TICKER, Progress
 from .space import load_space, words_label
@@ -81,9 +81,11 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         plan = self.space.sample(trial, self.backbone.causal)
+        template = parse(plan.template)
         trial.set_user_attr("template", plan.template)
-        trial.set_user_attr("placement", placement_class(parse(plan.template)))
-        trial.set_user_attr("n_prompt_tokens", parse(plan.template).n_prompt_tokens)
+        trial.set_user_attr("placement", placement_class(template))
+        trial.set_user_attr("depth", depth_class(template))
+        trial.set_user_attr("n_prompt_tokens", template.n_prompt_tokens)
         trial.set_user_attr("words", words_label(plan.verbalizer or self.task.verbalizer, plan.calibrate))
         if plan.verbalizer:
             trial.set_user_attr("verbalizer", plan.verbalizer)
