@@ -122,7 +122,7 @@ def _train_one(task, text: str, source_meta: dict | None, source_dir: str | None
     """Train, test (reported only) and export one prompt; (the run, its summary with its metadata under "meta")."""
     from . import artifact
     from .backbones import load_backbone
-    from .config import Budget, Plan, configs
+    from .config import FILLER, Budget, Plan, configs
     from .pipeline import check_words
     from .runner import export, fit, metadata, prepare
     previous = (source_meta or {}).get("prompt", {})
@@ -132,7 +132,8 @@ def _train_one(task, text: str, source_meta: dict | None, source_dir: str | None
              else tuple(init_words or ()))
     plan = Plan(text, encoder=s["encoder"], init=s["init"], lr=s["lr"], init_words=words,
                 verbalizer=verbalizer or previous.get("verbalizer"),
-                calibrate=previous.get("calibrate", False) if calibrate is None else calibrate)
+                calibrate=previous.get("calibrate", False) if calibrate is None else calibrate,
+                filler=previous.get("filler", FILLER))  # a continued prompt keeps the filler it was trained with
     check_words(task, plan)  # bad label words fail before the backbone loads
     prompt, cfg = configs(plan, Budget(s["steps"], s["eval_every"], s["batch_size"], s["max_length"]), s["seed"])
     backbone = load_backbone(model or (source_meta or {}).get("model") or DEFAULT_MODEL, device, trust_remote_code,

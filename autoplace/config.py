@@ -22,6 +22,8 @@ ENCODERS = ("none", "mlp", "lstm")  # prompt encoders (prompt_encoders.py)
 ENCODER = "lstm"                  # P-tuning's prompt encoder
 INITS = ("vocab", "random")
 INIT = "vocab"                    # prompt vectors start as real tokens' embeddings
+FILLERS = ("pad", "init")         # what a slot holds below the layer its prompt enters at: the pad token, or the
+FILLER = "pad"                    # token its prompt was initialised from (benchmarks/depth_lr.py measured both)
 PRUNER = "sha"                    # successive halving, chosen by benchmarks/pruning.py
 PRUNERS = ("sha", "median", "hyperband", "wilcoxon", "none")
 PRECISION = "auto"                # bf16 on CUDA, fp32 on CPU
@@ -69,6 +71,7 @@ class Plan:
     init_words: tuple[str, ...] = field(default_factory=tuple)  # vocab init from these words
     verbalizer: dict | None = None  # label -> word; None: the task's own
     calibrate: bool = False         # contextual calibration of the label scores
+    filler: str = FILLER            # a slot's token below its prompt's layer
 
 
 @dataclass
@@ -92,6 +95,7 @@ class PromptConfig:
     max_length: int = Budget.max_length
     verbalizer: dict[str, str] | None = None  # label -> word; None: the task's own
     calibrate: bool = False                   # divide label probabilities by the content-free ones (Zhao et al.)
+    filler: str = FILLER                      # a slot's token below the layer its prompt enters at (pad | init)
 
     def __post_init__(self):
         from .template import unescape
@@ -159,7 +163,7 @@ class SearchConfig:
 def configs(plan: Plan, budget: Budget, seed: int) -> tuple[PromptConfig, TrainConfig]:
     prompt = PromptConfig(template=plan.template, encoder=plan.encoder, init=plan.init,
                           init_words=list(plan.init_words), seed=seed, max_length=budget.max_length,
-                          verbalizer=plan.verbalizer, calibrate=plan.calibrate)
+                          verbalizer=plan.verbalizer, calibrate=plan.calibrate, filler=plan.filler)
     train = TrainConfig(steps=budget.steps, batch_size=budget.batch_size, lr=plan.lr,
                         eval_every=min(budget.eval_every, budget.steps), patience=budget.patience,
                         eval_examples=budget.eval_examples, seed=seed)

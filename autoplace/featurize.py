@@ -44,6 +44,7 @@ class Featurizer:
         self.template, self.task, self.max_length = template, task, max_length
         self.tokenizer, self.causal = tokenizer, causal = backbone.tokenizer, backbone.causal
         self._cache = backbone.caches.tokens  # text -> ids, shared by every template on this backbone
+        self.filler_ids: list[int] | None = None  # per prompt token, its token below its layer (None: the pad)
         probe = tokenizer("x").input_ids
         bare = tokenizer("x", add_special_tokens=False).input_ids
         at = _find(probe, bare)
@@ -86,7 +87,8 @@ class Featurizer:
         ids, slots, answer, next_slot = list(self.prefix), [NO_SLOT] * len(self.prefix), -1, 0
         for piece, toks in zip(pieces, texts):
             if isinstance(piece, Slot):
-                ids += [self.tokenizer.pad_token_id] * piece.length
+                ids += (self.filler_ids[next_slot:next_slot + piece.length] if self.filler_ids
+                        else [self.tokenizer.pad_token_id] * piece.length)
                 slots += range(next_slot, next_slot + piece.length)
                 next_slot += piece.length
             elif isinstance(piece, Mask):

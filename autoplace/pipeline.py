@@ -5,8 +5,8 @@ import torch
 
 from .backbones import Backbone
 from .calibration import content_free_examples
-from .config import PromptConfig
-from .prompt_encoders import PromptEncoder, init_vectors
+from .config import FILLERS, PromptConfig
+from .prompt_encoders import PromptEncoder, init_token_ids, init_vectors
 from .featurize import Featurizer
 from .errors import AutoplaceError
 from .model import PromptedModel
@@ -34,8 +34,14 @@ def build(task: Task, backbone: Backbone, cfg: PromptConfig) -> tuple[Featurizer
     check_depth(template, n_layers, backbone.name)
     featurizer = Featurizer(template, task, backbone, cfg.max_length)
     word_ids = [i for w in cfg.init_words for i in featurizer.tokens(" " + w.strip())]
+    ids = init_token_ids(backbone, template.n_prompt_tokens, cfg.init, cfg.seed, word_ids,
+                         backbone.tokenizer.all_special_ids)
+    if cfg.filler not in FILLERS:
+        raise AutoplaceError(f"unknown filler {cfg.filler!r} (use {', '.join(FILLERS)})")
+    if cfg.filler == "init":  # below its layer a slot holds the token its prompt starts from
+        featurizer.filler_ids = ids.tolist()
     rows = rows_per_layer(template, n_layers)
-    vectors = init_vectors(backbone, rows, cfg.init, cfg.seed, word_ids, backbone.tokenizer.all_special_ids)
+    vectors = init_vectors(backbone, rows, cfg.init, cfg.seed, ids)
     with torch.random.fork_rng(devices=[]):  # the encoder's layers depend on the seed, not on what ran before
         torch.manual_seed(cfg.seed)
         encoder = PromptEncoder(vectors, cfg.encoder if template.n_prompt_tokens else "none")

@@ -43,33 +43,35 @@ class PromptEncoder(nn.Module):
         return self.input + self.mlp(features)
 
 
-def init_vectors(backbone, rows: list[tuple[int, int]], init: str, seed: int, word_ids: list[int] | None = None,
-                 exclude_ids: list[int] = ()) -> torch.Tensor:
-    """Starting prompt rows, one per (token, layer): what a real token looks like where it enters (`vocab`: its
-    embedding row at the input, its hidden state at a deeper layer's input), or random at that place's typical norm.
-
-    A token's vocabulary id is sampled (or taken from the given words) once and serves all of its layers."""
+def init_token_ids(backbone, n_tokens: int, init: str, seed: int, word_ids: list[int] | None = None,
+                   exclude_ids: list[int] = ()) -> torch.Tensor:
+    """Each prompt token's vocabulary id: the given words' in turn, else sampled (never a special token). A random
+    init draws them from its own stream, so its vectors are those of a template without depths."""
     if init not in INITS:
         raise AutoplaceError(f"unknown init {init!r} (use {', '.join(INITS)})")
-    weight = backbone.embeddings.weight.detach().float().cpu()
-    n_tokens = 1 + max((token for token, _ in rows), default=-1)
-    generator = torch.Generator().manual_seed(seed)
-    if init == "random":
-        vectors = torch.randn(len(rows), weight.shape[1], generator=generator)
-        vectors = vectors / vectors.norm(dim=1, keepdim=True)
-        generator = torch.Generator().manual_seed(seed + 1)  # the ids below only measure each layer's norm
     if word_ids:
-        ids = torch.tensor([word_ids[i % len(word_ids)] for i in range(n_tokens)], dtype=torch.long)
-    else:
-        allowed = torch.ones(weight.shape[0], dtype=torch.bool)
-        allowed[list(exclude_ids)] = False
-        pool = allowed.nonzero().flatten()
-        ids = pool[torch.randint(len(pool), (n_tokens,), generator=generator)]
+        return torch.tensor([word_ids[i % len(word_ids)] for i in range(n_tokens)], dtype=torch.long)
+    allowed = torch.ones(backbone.vocab_size, dtype=torch.bool)
+    allowed[list(exclude_ids)] = False
+    pool = allowed.nonzero().flatten()
+    generator = torch.Generator().manual_seed(seed + (init == "random"))
+    return pool[torch.randint(len(pool), (n_tokens,), generator=generator)]
+
+
+def init_vectors(backbone, rows: list[tuple[int, int]], init: str, seed: int, ids: torch.Tensor) -> torch.Tensor:
+    """Starting prompt rows, one per (token, layer): what a real token looks like where it enters (`vocab`: token
+    ids[t]'s embedding row at the input, its hidden state at a deeper layer's input), or random at that place's
+    typical norm. A token's id serves all of its layers."""
+    weight = backbone.embeddings.weight.detach().float().cpu()
     at_layer = {0: weight[ids]} | _hidden_states_of(backbone, ids, sorted({layer for _, layer in rows} - {0}))
+    if not rows:
+        return weight[:0].clone()
     if init == "random":
+        vectors = torch.randn(len(rows), weight.shape[1], generator=torch.Generator().manual_seed(seed))
+        vectors = vectors / vectors.norm(dim=1, keepdim=True)
         norms = {0: weight.norm(dim=1).mean()} | {layer: h.norm(dim=1).mean() for layer, h in at_layer.items() if layer}
-        return torch.stack([vectors[row] * norms[layer] for row, (_, layer) in enumerate(rows)]) if rows else vectors
-    return torch.stack([at_layer[layer][token] for token, layer in rows]).clone() if rows else weight[:0].clone()
+        return torch.stack([vectors[row] * norms[layer] for row, (_, layer) in enumerate(rows)])
+    return torch.stack([at_layer[layer][token] for token, layer in rows]).clone()
 
 
 def _hidden_states_of(backbone, ids: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:

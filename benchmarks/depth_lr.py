@@ -1,8 +1,8 @@
 """Which learning rate fits which depth: a sweep on train and dev (the test split is not read).
 
 The same prompt (the reference's 6 tokens, encoder and init, on each task's default phrasing) enters at the input,
-at every layer (`@all`), or at one layer at half depth (`@L/2`, at the start of the text or just before the answer),
-and each is trained with a grid of learning rates at the placement study's `small` budget. Dev (the checkpoint the
+at every layer (`@all`), or at one layer at half depth (`@L/2`, at the start of the text or just before the answer;
+below that layer its slots hold the pad token, or the tokens its prompt starts from), and each is trained with a grid of learning rates at the placement study's `small` budget. Dev (the checkpoint the
 trainer keeps) is what the grid is read by: the references' learning rate per depth is the best mean over tasks.
 Hidden-state norms per layer are recorded too, to compare with a step size scaled by the norm where a prompt enters.
 
@@ -30,13 +30,14 @@ GRID = {  # depth: learning rates tried
     "all": [3e-3, 1e-2, 3e-2],
     "late (start)": [3e-2, 1e-1, 3e-1],
     "late (before answer)": [3e-2, 1e-1, 3e-1],
+    "late (before answer), filler init": [3e-2, 1e-1, 3e-1],  # below the layer, the prompt's init tokens, not pads
 }
 
 
 def template_for(depth: str, manual: str, n_layers: int, length: int) -> str:
     at = {"input": "", "all": "@all"}.get(depth, f"@{n_layers // 2}")
     slot = f"[P:{length}{at}]"
-    if depth == "late (before answer)":
+    if depth.startswith("late (before answer)"):
         return manual.replace("[MASK]", f"{slot} [MASK]")
     return f"{slot} {manual}"
 
@@ -57,7 +58,9 @@ def sweep_task(name: str, backbone, budget: dict, seed: int, reference: Referenc
     for depth, rates in GRID.items():
         template = template_for(depth, manual, backbone.n_layers, reference.total_length)
         for lr in rates:
-            prompt, cfg = configs(Plan(template, reference.encoder, reference.init, lr), fit_budget, seed)
+            filler = "init" if depth.endswith("filler init") else "pad"
+            plan = Plan(template, reference.encoder, reference.init, lr, filler=filler)
+            prompt, cfg = configs(plan, fit_budget, seed)
             run = prepare(task, backbone, prompt, data_dir)
             result = fit(run, cfg, progress=False)
             rows.setdefault(depth, {"template": template, "runs": []})["runs"].append(

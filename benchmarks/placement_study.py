@@ -32,7 +32,7 @@ from autoplace.config import PRECISIONS
 from autoplace.config import Budget, Plan, configs
 from autoplace.runner import fit, prepare
 from autoplace.study.run import search
-from autoplace.study.space import REFERENCE_CLASSES, default_space_path, load_space
+from autoplace.study.space import DEPTH_REFERENCES, REFERENCE_CLASSES, default_space_path, load_space
 from autoplace.study.storage import default_url
 from autoplace.config import SearchConfig
 from autoplace.tasks import get_task
@@ -53,6 +53,7 @@ BUDGETS = {
              "confirm_top": 3, "folds": 4, "boolq_test": None, "mr_test": None, "mr_train": None, "mr_dev": None,
              "wic_test": None, "multirc_questions": None, "search_pruner": "median", "keep_manual": True},
 }
+ROW_NAMES = {"deep": "deep (every layer)", "late": "late (half depth)"}
 TASKS = ["rte", "cb", "boolq", "copa", "wic", "wsc", "multirc", "mr"]  # the seven FewGLUE tasks and MR
 FOLDERS = {name: "MR_snippets" if name == "mr" else "FewGLUE_32dev" for name in TASKS}
 
@@ -101,14 +102,16 @@ def plan_of(meta: dict) -> Plan:
                 verbalizer=prompt.get("verbalizer"), calibrate=prompt.get("calibrate", False))
 
 
-def fixed_placements(space, causal: bool) -> dict[str, Plan]:
-    """The space's reference placements (start / middle / end-only, mixed) on its default phrasing and words."""
+def fixed_placements(space, backbone) -> dict[str, Plan]:
+    """The space's reference placements (start / middle / end-only, mixed; deep and late where the space searches
+    depth) on its default phrasing and words, each the plan a search's reference trial trains."""
+    import optuna
     default_words = dataclasses.replace(space, skeletons=space.skeletons[:1], verbalizers=None,
-                                        auto_verbalizers=False, calibrations=("none",))
-    ref = space.reference
-    return {cls: Plan(default_words.render({k.split(":", 1)[1]: v for k, v in lengths.items()
-                                            if k.startswith("length:")}), ref.encoder, ref.init, ref.lr)
-            for cls, lengths in default_words.references(causal) if cls in REFERENCE_CLASSES}
+                                        auto_verbalizers=False, calibrations=("none",), words={},
+                                        n_layers=backbone.n_layers if space.needs_layers else 0)
+    return {ROW_NAMES.get(name, name): default_words.sample(optuna.trial.FixedTrial(params), backbone.causal)
+            for name, params in default_words.references(backbone.causal)
+            if name in (*REFERENCE_CLASSES, *DEPTH_REFERENCES)}
 
 
 def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int]) -> dict:
@@ -137,7 +140,7 @@ def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int]) 
              "best screened words, zero-shot": Plan(top, "none", "vocab", ref.lr, verbalizer=screened["verbalizer"],
                                                     calibrate=screened["calibrate"]),
              "prefix (PEFT-style)": Plan(f"[P:{ref.total_length}] {space.manual_template}", "mlp", "random", ref.lr)}
-    plans.update(fixed_placements(space, backbone.causal))
+    plans.update(fixed_placements(space, backbone))
     plans["search over words + places"] = plan_of(best)
     rows = {}
     for row, plan in plans.items():

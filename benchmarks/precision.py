@@ -30,7 +30,7 @@ def measure(name: str, precision: str, seeds: list[int], budget: dict) -> dict:
     task, data_dir, _ = task_for(name, budget)
     space = load_space(default_space_path(name))
     plans = {"zero-shot": (Plan(space.manual_template, "none", "vocab", space.reference.lr), seeds[:1]),
-             f"mixed, {budget['steps']} steps": (fixed_placements(space, backbone.causal)["mixed"], seeds)}
+             f"mixed, {budget['steps']} steps": (fixed_placements(space, backbone)["mixed"], seeds)}
     rows = {"sizes": {split: len(task.load_split(split, data_dir)) for split in ("dev", "test")}}
     for row, (plan, row_seeds) in plans.items():
         runs = [train_row(task, backbone, data_dir, plan, seed, budget) for seed in row_seeds]

@@ -127,12 +127,20 @@ def test_prompts_at_depth_match_the_brute_force_forward_on_smollm2(toy_task_file
 
 
 def test_a_prompt_at_layer_k_changes_nothing_below_it(tiny_gpt2, toy_task_file):
-    """The filler below a late slot: the embeddings are the pad token's, whatever the prompt."""
+    """The filler below a late slot: the embeddings are the pad token's, whatever the prompt; or, with filler
+    init, the tokens its prompt starts from."""
     task, featurizer, model = build_prompt(toy_task_file, tiny_gpt2, "{sentence} [P:2@1] It was [MASK]")
     batch = collate(featurizer.encode_all(EXAMPLES), tiny_gpt2.tokenizer.pad_token_id)
     embedded = model.embed(batch["input_ids"], batch["slot_ids"])
     assert torch.equal(embedded, tiny_gpt2.embeddings(batch["input_ids"]))
     assert (batch["input_ids"][batch["slot_ids"] != NO_SLOT] == tiny_gpt2.tokenizer.pad_token_id).all()
+    task, featurizer, model = build_prompt(toy_task_file, tiny_gpt2, "{sentence} [P:2@1] It was [MASK]",
+                                           filler="init", init_words=("great", "movie"))
+    batch = collate(featurizer.encode_all(EXAMPLES), tiny_gpt2.tokenizer.pad_token_id)
+    words = [featurizer.tokens(" great")[0], featurizer.tokens(" movie")[0]]
+    assert batch["input_ids"][batch["slot_ids"] != NO_SLOT].view(-1, 2).tolist() == [words] * len(EXAMPLES)
+    with pytest.raises(AutoplaceError, match="unknown filler 'dots' \\(use pad, init\\)"):
+        build_prompt(toy_task_file, tiny_gpt2, "{sentence} [P:2@1] It was [MASK]", filler="dots")
 
 
 @pytest.mark.parametrize("cached", [True, False])
