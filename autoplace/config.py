@@ -37,6 +37,7 @@ SPACE_LENGTH = (2, 8)             # tokens per slot
 SPACE_LR = (1e-4, 3e-2)           # sampled log-uniformly (prompts at the input)
 DEPTHS = ("input", "all", "late")  # where in the network a trial's prompts enter: the embeddings, every layer, one
 SPACE_DEPTHS = ("input",)         # a space that names no depth keeps its prompts at the input
+SEARCHED_DEPTHS = DEPTHS          # what the shipped and derived spaces search
 SPACE_LATE = (0.33, 0.75)         # a late prompt's layer, as fractions of the model's depth
 SPACE_DEPTH_LR = {"all": (1e-3, 3e-2), "late": (1e-2, 3e-1)}  # the lr ranges of deeper prompts (depth_lr.py)
 SCREEN_KEEP = 4                   # screened candidates that become the study's `words` choice
