@@ -11,12 +11,13 @@ Hidden-state norms per layer are recorded too, to compare with a step size scale
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
 import torch
 
-from common import write_results
+from common import RESULTS, device_tag, write_results
 from placement_study import BUDGETS, task_for
 
 from autoplace.backbones import load_backbone
@@ -31,6 +32,7 @@ GRID = {  # depth: learning rates tried
     "late (start)": [3e-2, 1e-1, 3e-1],
     "late (before answer)": [3e-2, 1e-1, 3e-1],
     "late (before answer), filler init": [3e-2, 1e-1, 3e-1],  # below the layer, the prompt's init tokens, not pads
+    "late (start), filler init": [1e-1],  # where text attends to the slot below its layer, so the filler can matter
 }
 
 
@@ -50,12 +52,14 @@ def hidden_norms(backbone, text: str) -> list[float]:
     return [round(float(seen[layer][0, 1:].float().norm(dim=-1).median()), 2) for layer in range(backbone.n_layers)]
 
 
-def sweep_task(name: str, backbone, budget: dict, seed: int, reference: Reference) -> dict:
+def sweep_task(name: str, backbone, budget: dict, seed: int, reference: Reference, only: list[str]) -> dict:
     task, data_dir, _ = task_for(name, budget)
     manual = load_space(default_space_path(name)).manual_template
     fit_budget = Budget(**{k: budget[k] for k in ("steps", "eval_every", "batch_size", "max_length")})
     rows = {}
     for depth, rates in GRID.items():
+        if only and depth not in only:
+            continue
         template = template_for(depth, manual, backbone.n_layers, reference.total_length)
         for lr in rates:
             filler = "init" if depth.endswith("filler init") else "pad"
@@ -68,6 +72,20 @@ def sweep_task(name: str, backbone, budget: dict, seed: int, reference: Referenc
             print(f"== {name} {depth} lr {lr:g}: dev {result.dev[task.primary_metric]:.3f} "
                   f"({result.train_seconds:.0f} s)", flush=True)
     return {"task": name, "metric": task.primary_metric, "rows": rows}
+
+
+def merged(results: list[dict], args, precision: str) -> list[dict]:
+    """This run's rows added to an earlier run's (same budget, seed, model and precision), task by task."""
+    path = RESULTS / f"depth_lr-{device_tag()}.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    same = {k: earlier.get(k) for k in ("budget", "seed", "model", "precision")} == \
+        {"budget": args.budget, "seed": args.seed, "model": args.model, "precision": precision}
+    if not same:
+        raise SystemExit(f"depth_lr.py: --rows needs an earlier run with the same settings in {path}")
+    by_task = {t["task"]: t for t in earlier["tasks"]}
+    for result in results:
+        by_task[result["task"]]["rows"].update(result["rows"])
+    return list(by_task.values())
 
 
 def best_rates(results: list[dict]) -> dict:
@@ -108,11 +126,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
+    parser.add_argument("--rows", default="", help="only these rows (separated by ;), merged into the results "
+                                                   "file of an earlier run with the same settings")
     args = parser.parse_args()
+    only = [r.strip() for r in args.rows.split(";") if r.strip()]
     budget = BUDGETS[args.budget]
     backbone = load_backbone(args.model, precision=args.precision)
     started = time.time()
-    results = [sweep_task(name, backbone, budget, args.seed, Reference()) for name in args.tasks.split(",")]
+    results = [sweep_task(name, backbone, budget, args.seed, Reference(), only) for name in args.tasks.split(",")]
+    if only:
+        results = merged(results, args, backbone.precision)
     report = {"budget": args.budget, "settings": budget, "seed": args.seed, "model": args.model,
               "precision": backbone.precision, "command": "python benchmarks/depth_lr.py " + " ".join(sys.argv[1:]),
               "seconds": round(time.time() - started, 1), "tasks": results, "best": best_rates(results),

@@ -93,7 +93,7 @@ MUTATIONS = [
              "autoplace/artifact.py", "if key in saved and saved[key] != signature[key]:", "if False:",
              (f"{ARTIFACT}::test_missing_file_and_other_backbone_are_refused[tiny-gpt2]",)),
     Mutation("prompt-rows-reversed", "one-hot placement puts each prompt row at its slot",
-             "autoplace/model.py", ".to(prompts.dtype) @ prompts", ".to(prompts.dtype) @ prompts.flip(0)",
+             "autoplace/injection.py", ".to(rows.dtype) @ vectors", ".to(rows.dtype) @ vectors.flip(0)",
              ("-k", "test_prompt_vectors_land_exactly_at_slot_positions", MODEL)),
     Mutation("label-rows-swapped", "lean head rows equal the full logits",
              "autoplace/model.py", "head.weight[self.label_ids]", "head.weight[self.label_ids.flip(0)]",

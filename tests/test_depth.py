@@ -260,11 +260,12 @@ def test_a_space_samples_depth_with_a_learning_rate_range_per_depth(tmp_path):
         assert space.plan_of(study.tell(trial, 0.5) or study.trials[-1], causal=True) == plan
     assert seen == {"input", "all", "late"}
     refs = dict(space.references(causal=True))
-    assert list(refs)[-2:] == ["deep", "late"]
+    assert list(refs) == ["zero-shot", "start-only", "deep", "late", "end-only", "mixed"]
     assert refs["start-only"]["depth"] == "input" and refs["start-only"]["lr"] == 0.05
     assert refs["deep"] == {**{k: v for k, v in refs["start-only"].items() if k != "lr"}, "depth": "all",
                             "lr@all": 0.015}
-    assert refs["late"]["late_layer"] == 15 and refs["late"]["lr@late"] == 0.15
+    assert refs["late"] == {**{k: v for k, v in refs["end-only"].items() if k != "lr"}, "depth": "late",
+                            "lr@late": 0.15, "late_layer": 15}
 
 
 @pytest.mark.parametrize("body, needle", [
@@ -290,7 +291,7 @@ def test_a_search_over_depth_trains_deep_and_late_references_and_reports_depth(t
     study = optuna.load_study(storage=f"sqlite:///{out}/study.db", study_name="autoplace-toy")
     by_reference = {t.user_attrs.get("reference"): t for t in study.trials}
     assert by_reference["deep"].user_attrs["template"] == "[P:4@all] {sentence} It was [MASK]"
-    assert by_reference["late"].user_attrs["template"] == "[P:4@1] {sentence} It was [MASK]"
+    assert by_reference["late"].user_attrs["template"] == "{sentence} [P:2@1] It was [P:2@1] [MASK]"
     assert [by_reference[r].user_attrs["depth"] for r in ("start-only", "deep", "late")] == ["input", "all", "late"]
     report = (out / "report.md").read_text()
     assert "| depth | trials | complete | best dev | mean dev |" in report and "| late | " in report

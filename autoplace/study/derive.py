@@ -13,8 +13,8 @@ from dataclasses import asdict
 import numpy as np
 import yaml
 
-from ..config import (DERIVED_EVAL_EXAMPLES, DERIVED_MAX_LENGTH, ENCODERS, INITS, SEARCHED_DEPTHS, SPACE_DEPTH_LR,
-                      SPACE_LATE, SPACE_LENGTH, SPACE_LR, SPACE_SLOTS, Budget, Reference)
+from ..config import (DERIVED_EVAL_EXAMPLES, DERIVED_MAX_LENGTH, ENCODERS, INITS, SPACE_LENGTH, SPACE_LR,
+                      SPACE_SLOTS, Budget, Reference)
 from ..errors import AutoplaceError
 from ..template import Field, Mask, Slot, Text, parse, render
 
@@ -93,8 +93,6 @@ def derived_space(task, tokenizer=None, data_dir: str | None = None) -> str:
     spec = {"task": task.name, "templates": [skeleton], "slots": dict(zip(("min", "max"), SPACE_SLOTS)),
             "length": dict(zip(("min", "max"), SPACE_LENGTH)), "init": list(INITS), "encoder": list(ENCODERS),
             "lr": {"low": SPACE_LR[0], "high": SPACE_LR[1], "log": True},
-            "depth": list(SEARCHED_DEPTHS), "late_layers": dict(zip(("min", "max"), SPACE_LATE)),
-            "depth_lr": {d: {"low": low, "high": high, "log": True} for d, (low, high) in SPACE_DEPTH_LR.items()},
             "budget": {"steps": budget.steps, "eval_every": budget.eval_every, "batch_size": budget.batch_size,
                        "max_length": length, "eval_examples": DERIVED_EVAL_EXAMPLES},
             "reference": asdict(Reference())}

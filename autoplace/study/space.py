@@ -25,7 +25,9 @@ MARKER = re.compile(r"<([A-Za-z][A-Za-z0-9_:\-]*)>")
 FAMILY = {"rte": "nli", "nli": "nli", "cb": "cb", "boolq": "boolq", "mr": "sentiment", "sentiment": "sentiment",
           "copa": "copa", "wic": "wic", "wsc": "wsc", "multirc": "multirc"}
 REFERENCE_CLASSES = ("start-only", "middle-only", "end-only", "mixed")
-DEPTH_REFERENCES = {"deep": "all", "late": "late"}  # reference name: depth; on the start-only placement
+# reference name: (depth, the placement it deepens): deep prompts as P-tuning v2 puts them (a prefix), a late one
+# just before the answer, where depth_lr.py found it best (a late prefix replaces what the text attends to)
+DEPTH_REFERENCES = {"deep": ("all", "start-only"), "late": ("late", "end-only")}
 CALIBRATIONS = ("none", "content_free")
 
 
@@ -190,7 +192,8 @@ class SearchSpace:
 
     def references(self, causal: bool) -> list[tuple[str, dict]]:
         """(name, enqueued params): zero-shot with each screened set of words, then one placement per class, with
-        the same total prompt length, on the best words."""
+        the same total prompt length, on the best words; where the space searches depth, the deep and late ones
+        come right after the first placement."""
         word_keys = list(self.words) if len(self.words) > 1 else [None]  # one candidate: no `words` parameter
         out = [("zero-shot", {"words": key} if key else {}) for key in word_keys]
         best = next(iter(self.words.values()), None)  # the screen's best; its skeleton carries the placements
@@ -214,17 +217,20 @@ class SearchSpace:
                       **{self._name(t, f"length:{p}"): n for p, n in zip(chosen, lengths)},
                       "init": self.reference.init, "encoder": self.reference.encoder}
             placements.append((name, params))
-        if "input" in self.depths:
-            depth = {"depth": "input"} if len(self.depths) > 1 else {}
-            out += [(name, {**params, **depth, "lr": self.reference.lr}) for name, params in placements]
-        for name, depth in DEPTH_REFERENCES.items():  # the first placement (start-only where there is one), deeper
-            if placements and depth in self.depths:
-                lr = self.reference.lr_all if depth == "all" else self.reference.lr_late
-                late = {"late_layer": min(max(self.n_layers // 2, self.late_layers()[0]), self.late_layers()[1])} \
-                    if depth == "late" else {}
-                out.append((name, {**placements[0][1], **({"depth": depth} if len(self.depths) > 1 else {}),
-                                   f"lr@{depth}": lr, **late}))
-        return out
+        at_input = [] if "input" not in self.depths else [
+            (name, {**params, **({"depth": "input"} if len(self.depths) > 1 else {}), "lr": self.reference.lr})
+            for name, params in placements]
+        deeper = []
+        for name, (depth, placement) in DEPTH_REFERENCES.items():
+            if not placements or depth not in self.depths:
+                continue
+            params = dict(placements).get(placement, placements[0][1])  # else the first placement there is
+            lr = self.reference.lr_all if depth == "all" else self.reference.lr_late
+            if depth == "late":
+                low, high = self.late_layers()
+                params = {**params, "late_layer": min(max(self.n_layers // 2, low), high)}
+            deeper.append((name, {**params, **({"depth": depth} if len(self.depths) > 1 else {}), f"lr@{depth}": lr}))
+        return out + at_input[:1] + deeper + at_input[1:]  # depth before the other places: a short search gets both
 
     def _fit_places(self, chosen: list[str]) -> list[str]:
         """At most max-slots places, and few enough that each gets the minimum length."""
