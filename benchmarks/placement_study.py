@@ -29,7 +29,7 @@ from common import DATA, RESULTS, device_tag, mean_std, subset_task, write_resul
 
 from autoplace.backbones import load_backbone
 from autoplace.config import PRECISIONS
-from autoplace.config import Budget, Plan, configs
+from autoplace.config import FILLER, Budget, Plan, configs
 from autoplace.runner import fit, prepare
 from autoplace.study.run import search
 from autoplace.study.space import DEPTH_REFERENCES, REFERENCE_CLASSES, default_space_path, load_space
@@ -54,6 +54,7 @@ BUDGETS = {
              "wic_test": None, "multirc_questions": None, "search_pruner": "median", "keep_manual": True},
 }
 ROW_NAMES = {"deep": "deep (every layer)", "late": "late (half depth)"}
+SEARCH_ROW = "search over words, places + depth"
 TASKS = ["rte", "cb", "boolq", "copa", "wic", "wsc", "multirc", "mr"]  # the seven FewGLUE tasks and MR
 FOLDERS = {name: "MR_snippets" if name == "mr" else "FewGLUE_32dev" for name in TASKS}
 
@@ -99,7 +100,8 @@ def plan_of(meta: dict) -> Plan:
     """The plan an exported artifact was trained with."""
     prompt = meta["prompt"]
     return Plan(meta["template"], prompt["encoder"], prompt["init"], meta["train"]["lr"],
-                verbalizer=prompt.get("verbalizer"), calibrate=prompt.get("calibrate", False))
+                verbalizer=prompt.get("verbalizer"), calibrate=prompt.get("calibrate", False),
+                filler=prompt.get("filler", FILLER))
 
 
 def fixed_placements(space, backbone) -> dict[str, Plan]:
@@ -118,7 +120,8 @@ def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int]) 
     task, data_dir, keep = task_for(name, budget)
     space = load_space(default_space_path(name))
     ref = space.reference
-    print(f"== {name}: search over words + places", flush=True)
+    searched = SEARCH_ROW if space.needs_layers else "search over words + places"  # older columns: no depth
+    print(f"== {name}: {searched}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = SearchConfig(task=name, space=str(default_space_path(name)), out=tmp, storage=default_url(tmp),
                            study_name=f"bench-{name}", model=model, data_dir=data_dir, precision=backbone.precision,
@@ -141,7 +144,7 @@ def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int]) 
                                                     calibrate=screened["calibrate"]),
              "prefix (PEFT-style)": Plan(f"[P:{ref.total_length}] {space.manual_template}", "mlp", "random", ref.lr)}
     plans.update(fixed_placements(space, backbone))
-    plans["search over words + places"] = plan_of(best)
+    plans[searched] = plan_of(best)
     rows = {}
     for row, plan in plans.items():
         print(f"== {name}: {row}: {plan.template!r} {plan.verbalizer or ''} calibrate={plan.calibrate}", flush=True)
@@ -164,6 +167,7 @@ def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int]) 
 def markdown(results: list[dict], budget_name: str, seeds: list[int]) -> str:
     names = [r["task"] for r in results]
     rows = list(dict.fromkeys(row for r in results for row in r["rows"]))
+    rows = sorted(rows, key=lambda row: row.startswith("search"))  # the searches last, whichever column has them
     metrics = ", ".join(f"{r['task']} {r['metric']}" for r in results)
     lines = [f"Budget `{budget_name}`, seeds {seeds}; test score mean ± std over seeds (dev mean in brackets), in "
              f"each task's primary metric ({metrics}).", "",

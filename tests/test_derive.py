@@ -106,6 +106,7 @@ def test_a_masked_lm_template_that_ends_in_a_field_gets_a_space_and_searches(tmp
     space = load_space(tmp_path / "space.yaml")
     space.check(get_task(str(task)))
     assert space.manual_template == "{evidence}? [MASK], {claim}"
+    assert space.depths == ["input", "all", "late"]  # a derived space searches depth, as the shipped ones do
     assert main(["search", "--task", str(task), "--out", str(tmp_path / "s"), *FAST[2:], "--model", "tiny-bert"]) == 0
     capsys.readouterr()
     trials = optuna.load_study(storage=f"sqlite:///{tmp_path}/s/study.db", study_name="autoplace-mine").trials

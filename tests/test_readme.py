@@ -19,7 +19,7 @@ from autoplace.errors import AutoplaceError  # noqa: E402
 
 README = REPO / "README.md"
 PAGES = [README, *sorted((REPO / "docs").glob("*.md")), REPO / "benchmarks" / "README.md"]
-MAX_README_CHARS = 10_500
+MAX_README_CHARS = 10_000
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```", re.S | re.M)
 
 

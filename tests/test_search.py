@@ -223,11 +223,15 @@ def test_bad_storage_url_gives_one_line_without_password(capsys, toy_task_file, 
 def test_shipped_spaces_load_and_build_references():
     for path in sorted((REPO / "search_spaces").glob("*.yaml")):
         space = load_space(path)
+        assert space.depths == ["input", "all", "late"], path  # every shipped space searches depth
+        space.n_layers = 30
         names = [name for name, _ in space.references(causal=True)]
-        assert names[0] == "zero-shot" and "start-only" in names and "end-only" in names, path
+        assert names[:4] == ["zero-shot", "start-only", "deep", "late"] and "end-only" in names, path
     nli = load_space(REPO / "search_spaces" / "nli.yaml")
+    nli.n_layers = 30
     refs = dict(nli.references(causal=True))
-    assert set(refs) == {"zero-shot", "start-only", "middle-only", "end-only", "mixed"}
+    assert set(refs) == {"zero-shot", "start-only", "deep", "late", "middle-only", "end-only", "mixed"}
+    assert refs["deep"]["depth"] == "all" and refs["late"]["late_layer"] == 15 and "lr@late" in refs["late"]
     first = nli.skeletons[0]
     assert first.usable_places(causal=False)[-1] == "end" and "end" not in first.usable_places(causal=True)
     assert nli.render({"start": 2, "after:premise": 3}) == \

@@ -13,7 +13,7 @@ from dataclasses import asdict
 import numpy as np
 import yaml
 
-from ..config import (DERIVED_EVAL_EXAMPLES, DERIVED_MAX_LENGTH, ENCODERS, INITS, SPACE_LENGTH, SPACE_LR,
+from ..config import (DEPTHS, DERIVED_EVAL_EXAMPLES, DERIVED_MAX_LENGTH, ENCODERS, INITS, SPACE_LENGTH, SPACE_LR,
                       SPACE_SLOTS, Budget, Reference)
 from ..errors import AutoplaceError
 from ..template import Field, Mask, Slot, Text, parse, render
@@ -92,7 +92,7 @@ def derived_space(task, tokenizer=None, data_dir: str | None = None) -> str:
     budget = Budget()
     spec = {"task": task.name, "templates": [skeleton], "slots": dict(zip(("min", "max"), SPACE_SLOTS)),
             "length": dict(zip(("min", "max"), SPACE_LENGTH)), "init": list(INITS), "encoder": list(ENCODERS),
-            "lr": {"low": SPACE_LR[0], "high": SPACE_LR[1], "log": True},
+            "lr": {"low": SPACE_LR[0], "high": SPACE_LR[1], "log": True}, "depth": list(DEPTHS),
             "budget": {"steps": budget.steps, "eval_every": budget.eval_every, "batch_size": budget.batch_size,
                        "max_length": length, "eval_examples": DERIVED_EVAL_EXAMPLES},
             "reference": asdict(Reference())}
@@ -102,7 +102,8 @@ def derived_space(task, tokenizer=None, data_dir: str | None = None) -> str:
     header = (f"# Search space derived from task {task.name}'s template {task.template!r}.\n"
               "# Places: <start>, <after:FIELD> after each field, <before:answer> before the words that lead to the\n"
               "# answer, <end> after [MASK] (masked LMs only). Add phrasings under `templates:` and label words under\n"
-              "# `verbalizers:` (or `auto`); the first of each is the task's own. max_length: the train split's 95th\n"
+              "# `verbalizers:` (or `auto`); the first of each is the task's own. depth: where prompts enter (the\n"
+              "# embeddings, every layer, or one late layer). max_length: the train split's 95th\n"
               "# percentile of tokens with this template, plus room for prompts. eval_examples: a larger dev split is\n"
               f"# scored on a fixed {DERIVED_EVAL_EXAMPLES} of its examples during a trial, and all of it for the kept prompt. Schema:\n"
               "# search_spaces/README.md.\n")

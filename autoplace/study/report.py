@@ -14,7 +14,7 @@ from .trials import ranked_trials
 
 PLACEMENTS = ("none", "start-only", "middle-only", "end-only", "mixed")
 DEPTH_CLASSES = ("none", "input", "all", "late", "mixed")  # template.depth_class
-DEPTH_MARKERS = {"input": "o", "all": "^", "late": "v", "mixed": "P", "none": "o"}
+DEPTH_MARKERS = {"input": "o", "all": "^", "late": "v", "mixed": "P"}
 
 
 def _fmt(value, digits=3) -> str:
@@ -271,9 +271,8 @@ def _position_effect(study: optuna.Study, ax, metric: str):
         group = [t for t in trials if t.user_attrs.get("placement") == placement]
         for i, t in enumerate(group):
             where[t.number] = (x + 0.25 * ((i * 0.618) % 1 - 0.5), t.value)  # a fixed jitter keeps points apart
-    for depth in DEPTH_CLASSES[1:]:
-        points = [where[t.number] for t in trials if _class_of(t, "depth") == depth
-                  or (depth == "input" and _class_of(t, "depth") == "none")]
+    for depth in DEPTH_CLASSES[1:]:  # a trial without a prompt ("none") is drawn as one at the input
+        points = [where[t.number] for t in trials if _class_of(t, "depth").replace("none", "input") == depth]
         if points:
             ax.scatter(*zip(*points), alpha=0.7, marker=DEPTH_MARKERS[depth],
                        label="completed trial" if depth == "input" else f"prompts at depth: {depth}")
