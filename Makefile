@@ -16,7 +16,7 @@ $(BIN)/autoplace: pyproject.toml requirements.txt
 	touch $@
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 # the inner loop: everything but the tests marked slow (SmolLM2, PostgreSQL, subprocess searches)
 test-fast: setup

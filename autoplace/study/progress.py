@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..errors import LAST_SAID, say
 from .storage import stored_trial
 
-QUIET_SECONDS = 30.0  # the longest a search may print nothing
+QUIET_SECONDS = 25.0  # the ticker speaks after this much silence, so no gap reaches 30 s (it polls each second)
 
 
 class Ticker:
