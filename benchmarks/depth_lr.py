@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -26,20 +27,36 @@ from autoplace.injection import layer_inputs
 from autoplace.runner import fit, prepare
 from autoplace.study.space import default_space_path, load_space
 
-GRID = {  # depth: learning rates tried
-    "input": [3e-3, 3e-2, 1e-1],
-    "all": [3e-3, 1e-2, 3e-2],
-    "late (start)": [3e-2, 1e-1, 3e-1],
-    "late (before answer)": [3e-2, 1e-1, 3e-1],
-    "late (before answer), filler init": [3e-2, 1e-1, 3e-1],  # below the layer, the prompt's init tokens, not pads
-    "late (start), filler init": [1e-1],  # where text attends to the slot below its layer, so the filler can matter
+@dataclass(frozen=True)
+class Row:
+    """One prompt of the sweep: where it enters (input, all, late), where in the text, its filler and encoder."""
+    depth: str
+    rates: tuple[float, ...]
+    before_answer: bool = False
+    filler: str = "pad"
+    encoder: str | None = None  # None: the reference's (LSTM)
+
+
+GRID = {  # row name: the prompt and the learning rates tried
+    "input": Row("input", (3e-3, 3e-2, 1e-1)),
+    "all": Row("all", (3e-3, 1e-2, 3e-2)),
+    "late (start)": Row("late", (3e-2, 1e-1, 3e-1)),
+    "late (before answer)": Row("late", (3e-2, 1e-1, 3e-1), before_answer=True),
+    # below the layer, the prompt's init tokens, not pads
+    "late (before answer), filler init": Row("late", (3e-2, 1e-1, 3e-1), before_answer=True, filler="init"),
+    # where text attends to the slot below its layer, so the filler can matter
+    "late (start), filler init": Row("late", (1e-1,), filler="init"),
+    # the issue's probe trained plain vectors at every layer (no encoder); the encoder is a choice per depth
+    "all, no encoder": Row("all", (3e-3, 1e-2, 3e-2), encoder="none"),
+    "all, mlp": Row("all", (3e-3, 1e-2, 3e-2), encoder="mlp"),
+    "late (before answer), no encoder": Row("late", (1e-2, 3e-2, 1e-1), before_answer=True, encoder="none"),
 }
 
 
-def template_for(depth: str, manual: str, n_layers: int, length: int) -> str:
-    at = {"input": "", "all": "@all"}.get(depth, f"@{n_layers // 2}")
+def template_for(row: Row, manual: str, n_layers: int, length: int) -> str:
+    at = {"input": "", "all": "@all"}.get(row.depth, f"@{n_layers // 2}")
     slot = f"[P:{length}{at}]"
-    if depth.startswith("late (before answer)"):
+    if row.before_answer:
         return manual.replace("[MASK]", f"{slot} [MASK]")
     return f"{slot} {manual}"
 
@@ -57,17 +74,16 @@ def sweep_task(name: str, backbone, budget: dict, seed: int, reference: Referenc
     manual = load_space(default_space_path(name)).manual_template
     fit_budget = Budget(**{k: budget[k] for k in ("steps", "eval_every", "batch_size", "max_length")})
     rows = {}
-    for depth, rates in GRID.items():
+    for depth, row in GRID.items():
         if only and depth not in only:
             continue
-        template = template_for(depth, manual, backbone.n_layers, reference.total_length)
-        for lr in rates:
-            filler = "init" if depth.endswith("filler init") else "pad"
-            plan = Plan(template, reference.encoder, reference.init, lr, filler=filler)
+        template = template_for(row, manual, backbone.n_layers, reference.total_length)
+        for lr in row.rates:
+            plan = Plan(template, row.encoder or reference.encoder, reference.init, lr, filler=row.filler)
             prompt, cfg = configs(plan, fit_budget, seed)
             run = prepare(task, backbone, prompt, data_dir)
             result = fit(run, cfg, progress=False)
-            rows.setdefault(depth, {"template": template, "runs": []})["runs"].append(
+            rows.setdefault(depth, {"template": template, "encoder": plan.encoder, "runs": []})["runs"].append(
                 {"lr": lr, "dev": result.dev[task.primary_metric], "train_seconds": round(result.train_seconds, 1)})
             print(f"== {name} {depth} lr {lr:g}: dev {result.dev[task.primary_metric]:.3f} "
                   f"({result.train_seconds:.0f} s)", flush=True)
@@ -91,9 +107,9 @@ def merged(results: list[dict], args, precision: str) -> list[dict]:
 def best_rates(results: list[dict]) -> dict:
     """Per depth: the learning rate with the best dev mean over the tasks swept."""
     best = {}
-    for depth, rates in GRID.items():
+    for depth, row in GRID.items():
         means = {lr: sum(next(r["dev"] for r in t["rows"][depth]["runs"] if r["lr"] == lr) for t in results)
-                 / len(results) for lr in rates}
+                 / len(results) for lr in row.rates}
         best[depth] = {"lr": max(means, key=means.get), "dev_means": {f"{lr:g}": round(m, 4) for lr, m in means.items()}}
     return best
 
@@ -106,8 +122,8 @@ def markdown(report: dict) -> str:
              f"dev score of the kept checkpoint ({metrics})."
              " The test split is not read.", "",
              "| depth | lr | " + " | ".join(tasks) + " | mean |", "| --- | --- |" + " --- |" * (len(tasks) + 1)]
-    for depth, rates in GRID.items():
-        for lr in rates:
+    for depth, row in GRID.items():
+        for lr in row.rates:
             devs = [next(r["dev"] for r in t["rows"][depth]["runs"] if r["lr"] == lr) for t in report["tasks"]]
             mark = " **best**" if report["best"][depth]["lr"] == lr else ""
             lines.append(f"| {depth} | {lr:g}{mark} | " + " | ".join(f"{100 * d:.1f}" for d in devs)

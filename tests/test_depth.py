@@ -237,6 +237,26 @@ reference: {total_length: 4, lr: 0.05, encoder: none, init: vocab, lr_all: 0.015
 """
 
 
+def test_a_reference_encoder_the_space_lacks_becomes_the_spaces_own(tmp_path):
+    """The late reference wants the LSTM, the deep one plain vectors: a space offering only the MLP gets the MLP
+    (an enqueued category outside the space would fail the trial in Optuna)."""
+    from autoplace.study.space import load_space
+    (tmp_path / "space.yaml").write_text(DEPTH_SPACE.replace("encoder: [none]", "encoder: [mlp]")
+                                         .replace("encoder: none, ", ""))
+    space = load_space(tmp_path / "space.yaml")
+    space.n_layers = 4
+    refs = dict(space.references(causal=True))
+    assert {refs[name]["encoder"] for name in refs if name != "zero-shot"} == {"mlp"}
+    (tmp_path / "space.yaml").write_text(DEPTH_SPACE.replace("encoder: [none]", "encoder: [none, lstm]"))
+    space = load_space(tmp_path / "space.yaml")
+    space.n_layers = 4
+    refs = dict(space.references(causal=True))
+    assert (refs["start-only"]["encoder"], refs["deep"]["encoder"], refs["late"]["encoder"]) == ("none", "none", "lstm")
+    (tmp_path / "space.yaml").write_text(DEPTH_SPACE.replace("lr_late: 0.15", "lr_late: 0.15, encoder_all: gru"))
+    with pytest.raises(AutoplaceError, match="reference"):
+        load_space(tmp_path / "space.yaml")
+
+
 def test_a_space_samples_depth_with_a_learning_rate_range_per_depth(tmp_path):
     import optuna
     from autoplace.study.space import load_space

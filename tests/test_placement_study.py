@@ -17,9 +17,10 @@ def test_the_fixed_rows_include_a_deep_and_a_late_prompt_on_the_shipped_space(ti
     assert "@" not in plans["start-only"].template and plans["start-only"].lr == space.reference.lr
     deep, late = plans["deep (every layer)"], plans["late (half depth)"]
     assert deep.template == plans["start-only"].template.replace("]", "@all]", 1) and deep.lr == space.reference.lr_all
+    assert (deep.encoder, plans["start-only"].encoder) == ("none", "lstm")  # each depth's recipe (depth_lr.py)
     n_layers = tiny_gpt2.n_layers
     layer = min(max(n_layers // 2, 1), n_layers - 1)
-    assert f"@{layer}]" in late.template and late.lr == space.reference.lr_late
+    assert f"@{layer}]" in late.template and late.lr == space.reference.lr_late and late.encoder == "lstm"
     assert late.template.replace(f"@{layer}", "") == plans["end-only"].template  # the end-only placement, deeper
 
 

@@ -232,6 +232,7 @@ def test_shipped_spaces_load_and_build_references():
     refs = dict(nli.references(causal=True))
     assert set(refs) == {"zero-shot", "start-only", "deep", "late", "middle-only", "end-only", "mixed"}
     assert refs["deep"]["depth"] == "all" and refs["late"]["late_layer"] == 15 and "lr@late" in refs["late"]
+    assert (refs["deep"]["encoder"], refs["late"]["encoder"]) == ("none", "lstm")
     first = nli.skeletons[0]
     assert first.usable_places(causal=False)[-1] == "end" and "end" not in first.usable_places(causal=True)
     assert nli.render({"start": 2, "after:premise": 3}) == \

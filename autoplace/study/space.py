@@ -215,7 +215,7 @@ class SearchSpace:
                       self._name(t, "n_slots"): len(chosen),
                       self._name(t, f"places@{len(chosen)}"): "+".join(chosen),
                       **{self._name(t, f"length:{p}"): n for p, n in zip(chosen, lengths)},
-                      "init": self.reference.init, "encoder": self.reference.encoder}
+                      "init": self.reference.init, "encoder": self._encoder(self.reference.encoder)}
             placements.append((name, params))
         at_input = [] if "input" not in self.depths else [
             (name, {**params, **({"depth": "input"} if len(self.depths) > 1 else {}), "lr": self.reference.lr})
@@ -225,12 +225,19 @@ class SearchSpace:
             if not placements or depth not in self.depths:
                 continue
             params = dict(placements).get(placement, placements[0][1])  # else the first placement there is
-            lr = self.reference.lr_all if depth == "all" else self.reference.lr_late
+            lr, encoder = ((self.reference.lr_all, self.reference.encoder_all) if depth == "all"
+                           else (self.reference.lr_late, self.reference.encoder_late))
+            params = {**params, "encoder": self._encoder(encoder)}
             if depth == "late":
                 low, high = self.late_layers()
                 params = {**params, "late_layer": min(max(self.n_layers // 2, low), high)}
             deeper.append((name, {**params, **({"depth": depth} if len(self.depths) > 1 else {}), f"lr@{depth}": lr}))
         return out + at_input[:1] + deeper + at_input[1:]  # depth before the other places: a short search gets both
+
+    def _encoder(self, wanted: str) -> str:
+        """A reference's encoder, or the space's first where the space does not offer it (a trial's params must lie
+        in its space: Optuna refuses an enqueued category the space lacks)."""
+        return wanted if wanted in self.encoders else self.encoders[0]
 
     def _fit_places(self, chosen: list[str]) -> list[str]:
         """At most max-slots places, and few enough that each gets the minimum length."""
@@ -420,7 +427,8 @@ def load_space(path: str | Path) -> SearchSpace:
         auto_n=auto_counts["n"], depths=depths,
         late=_range(spec, "late_layers", float, bounds=(0, 1)) if "late_layers" in spec else SPACE_LATE,
         depth_lr=_depth_lr(spec))
-    if space.reference.encoder not in ENCODERS or space.reference.init not in INITS:
+    encoders = (space.reference.encoder, space.reference.encoder_all, space.reference.encoder_late)
+    if not set(encoders) <= set(ENCODERS) or space.reference.init not in INITS:
         raise _bad(spec, "reference", f"encoder/init must be one of {ENCODERS} / {INITS}")
     if space.budget.eval_every > space.budget.steps:
         raise _bad(spec, "budget.eval_every", "is larger than budget.steps: no trial would ever be evaluated")
