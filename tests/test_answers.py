@@ -188,7 +188,7 @@ def test_train_and_eval_on_smollm2(name, smollm2, fewglue, tmp_path, capsys):
 @pytest.mark.slow
 def test_copa_search_on_smollm2_exports_what_predict_uses(smollm2, fewglue, tmp_path, capsys):
     out = tmp_path / "copa"
-    assert main(["search", "--task", "copa", "--data-dir", str(fewglue), "--n-trials", "4", "--steps", "10",
+    assert main(["search", "--task", "copa", "--data-dir", str(fewglue), "--n-trials", "4", "--steps", "4",
                  "--max-length", "96", "--out", str(out), "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     val = len((fewglue / "COPA" / "val.jsonl").read_text().splitlines())

@@ -204,6 +204,13 @@ def test_a_search_never_goes_quiet_for_long(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_the_tickers_lines_25_s_apart_never_read_the_same():
+    """Minutes alone made 100 s and 125 s both "2 min"; up to 10 minutes the seconds are said too."""
+    from autoplace.study.progress import QUIET_SECONDS, _duration
+    said = [_duration(QUIET_SECONDS * k) for k in range(1, int(600 / QUIET_SECONDS))]
+    assert len(set(said)) == len(said) and said[:4] == ["25 s", "50 s", "75 s", "1 min 40 s"]
+    assert _duration(119.6) == "2 min 00 s" and _duration(3600) == "60 min"
+
 
 def test_the_eta_counts_a_trained_trial_not_the_quick_zero_shot_ones():
     """After two 1 s zero-shot references and one 100 s trained trial, the trials left take 100 s each."""

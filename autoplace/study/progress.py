@@ -119,4 +119,8 @@ def _metrics(dev: dict | None) -> str:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    """Seconds below 90 s, minutes and seconds below 10 min (the ticker speaks every 25 s: each line must differ)."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes < 10 else f"{seconds / 60:.0f} min"
