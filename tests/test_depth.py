@@ -241,20 +241,18 @@ def test_a_reference_encoder_the_space_lacks_becomes_the_spaces_own(tmp_path):
     """The late reference wants the LSTM, the deep one plain vectors: a space offering only the MLP gets the MLP
     (an enqueued category outside the space would fail the trial in Optuna)."""
     from autoplace.study.space import load_space
-    (tmp_path / "space.yaml").write_text(DEPTH_SPACE.replace("encoder: [none]", "encoder: [mlp]")
-                                         .replace("encoder: none, ", ""))
-    space = load_space(tmp_path / "space.yaml")
-    space.n_layers = 4
-    refs = dict(space.references(causal=True))
+
+    def references(text: str) -> dict:
+        (tmp_path / "space.yaml").write_text(text)
+        space = load_space(tmp_path / "space.yaml")
+        space.n_layers = 4
+        return dict(space.references(causal=True))
+    refs = references(DEPTH_SPACE.replace("encoder: [none]", "encoder: [mlp]").replace("encoder: none, ", ""))
     assert {refs[name]["encoder"] for name in refs if name != "zero-shot"} == {"mlp"}
-    (tmp_path / "space.yaml").write_text(DEPTH_SPACE.replace("encoder: [none]", "encoder: [none, lstm]"))
-    space = load_space(tmp_path / "space.yaml")
-    space.n_layers = 4
-    refs = dict(space.references(causal=True))
+    refs = references(DEPTH_SPACE.replace("encoder: [none]", "encoder: [none, lstm]"))
     assert (refs["start-only"]["encoder"], refs["deep"]["encoder"], refs["late"]["encoder"]) == ("none", "none", "lstm")
-    (tmp_path / "space.yaml").write_text(DEPTH_SPACE.replace("lr_late: 0.15", "lr_late: 0.15, encoder_all: gru"))
     with pytest.raises(AutoplaceError, match="reference"):
-        load_space(tmp_path / "space.yaml")
+        references(DEPTH_SPACE.replace("lr_late: 0.15", "lr_late: 0.15, encoder_all: gru"))
 
 
 def test_a_space_samples_depth_with_a_learning_rate_range_per_depth(tmp_path):
