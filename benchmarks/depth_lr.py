@@ -1,10 +1,12 @@
 """Which learning rate fits which depth: a sweep on train and dev (the test split is not read).
 
-The same prompt (the reference's 6 tokens, encoder and init, on each task's default phrasing) enters at the input,
-at every layer (`@all`), or at one layer at half depth (`@L/2`, at the start of the text or just before the answer;
-below that layer its slots hold the pad token, or the tokens its prompt starts from), and each is trained with a grid of learning rates at the placement study's `small` budget. Dev (the checkpoint the
-trainer keeps) is what the grid is read by: the references' learning rate per depth is the best mean over tasks.
-Hidden-state norms per layer are recorded too, to compare with a step size scaled by the norm where a prompt enters.
+The same prompt (the reference's 6 tokens and init, on each task's default phrasing; the reference's LSTM encoder
+unless a row names another) enters at the input, at every layer (`@all`), or at one layer at half depth (`@L/2`, at
+the start of the text or just before the answer; below that layer its slots hold the pad token, or the tokens its
+prompt starts from), and each is trained with a grid of learning rates at the placement study's `small` budget. Dev
+(the checkpoint the trainer keeps) is what the grid is read by: the references' recipe per depth is the best mean
+over tasks. Hidden-state norms per layer are recorded too, to compare with a step size scaled by the norm where a
+prompt enters.
 
     python benchmarks/depth_lr.py --tasks mr,cb --precision bf16
 """

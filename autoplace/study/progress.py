@@ -119,7 +119,8 @@ def _metrics(dev: dict | None) -> str:
 
 
 def _duration(seconds: float) -> str:
-    """Seconds below 90 s, minutes and seconds below 10 min (the ticker speaks every 25 s: each line must differ)."""
+    """Seconds below 90 s, minutes and seconds below 10 min, minutes after: the ticker speaks every 25 s, and its
+    lines in a trial's first minutes must not read the same."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     minutes, rest = divmod(round(seconds), 60)
