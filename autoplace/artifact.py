@@ -118,7 +118,8 @@ def read_meta(path: str | Path) -> dict:
     except ValueError as exc:
         raise AutoplaceError(f"artifact {path}: {META_FILE} is not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        raise AutoplaceError(f"artifact {path}: format version {meta.get('format_version') if isinstance(meta, dict) else None} "
+        raise AutoplaceError(f"artifact {path}: format version "
+                             f"{meta.get('format_version') if isinstance(meta, dict) else None} "
                              f"is not {FORMAT_VERSION}")
     if meta.get("ensemble"):  # its members are artifacts of their own, checked when loaded (ensemble.py)
         missing = [key for key in ("members", "task", "model") if key not in meta]

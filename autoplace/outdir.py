@@ -67,12 +67,14 @@ def check(path: str | Path, folder_type: str, overwrite: bool = False, flag: str
         return
     found = type_of(path)
     allowed = ENTRIES.get(found, ())
-    foreign = [e for e in entries if not (found and e == MARKER) and not any(fnmatch.fnmatchcase(e, p) for p in allowed)]
+    foreign = [e for e in entries if not (found and e == MARKER)
+               and not any(fnmatch.fnmatchcase(e, p) for p in allowed)]
     if foreign:
         raise AutoplaceError(f"{flag} {path} holds {foreign[0]}, which autoplace did not write; it is never replaced, "
                              "even with --overwrite: choose a new or empty folder")
     if found not in ACCEPTS.get(folder_type, (folder_type,)):
-        raise AutoplaceError(f"{flag} {path} is an autoplace {found} folder, not a {folder_type} one: choose another folder")
+        raise AutoplaceError(f"{flag} {path} is an autoplace {found} folder, not a {folder_type} one: "
+                             "choose another folder")
     if not overwrite and not (folder_type == found == "search"):
         raise AutoplaceError(f"{flag} {path} already holds an autoplace {found} folder; pass --overwrite to replace it")
 

@@ -68,7 +68,8 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
     best, history, losses, order, stopped, stale, out_of_patience = None, [], [], [], False, 0, False
     start = time.perf_counter()
     step = 0
-    for step in tqdm(range(1, steps + 1), desc="train", disable=None if progress is None else not progress, leave=False):
+    for step in tqdm(range(1, steps + 1), desc="train", disable=None if progress is None else not progress,
+                     leave=False):
         while len(order) < cfg.batch_size:
             order += torch.randperm(len(train_items), generator=order_rng).tolist()
         batch = collate([train_items[i] for i in order[:cfg.batch_size]], pad, device)

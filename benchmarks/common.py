@@ -60,7 +60,8 @@ def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
     payload = {"benchmark": name, "machine": machine(), **payload}
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     header = (f"<!-- written by benchmarks/{Path(sys.argv[0]).name} -->\n\nMachine: {payload['machine']['platform']}, "
-              f"{payload['machine']['cpu_count']} CPUs{', ' + payload['machine']['gpu'] if 'gpu' in payload['machine'] else ''}; "
+              f"{payload['machine']['cpu_count']} CPUs"
+              f"{', ' + payload['machine']['gpu'] if 'gpu' in payload['machine'] else ''}; "
               f"torch {payload['machine']['versions']['torch']}, transformers "
               f"{payload['machine']['versions']['transformers']}, optuna {payload['machine']['versions']['optuna']}; "
               f"{payload['machine']['date']}; commit {payload['machine']['commit']}.\n\n")

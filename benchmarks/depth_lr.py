@@ -112,7 +112,8 @@ def best_rates(results: list[dict]) -> dict:
     for depth, row in GRID.items():
         means = {lr: sum(next(r["dev"] for r in t["rows"][depth]["runs"] if r["lr"] == lr) for t in results)
                  / len(results) for lr in row.rates}
-        best[depth] = {"lr": max(means, key=means.get), "dev_means": {f"{lr:g}": round(m, 4) for lr, m in means.items()}}
+        best[depth] = {"lr": max(means, key=means.get),
+                       "dev_means": {f"{lr:g}": round(m, 4) for lr, m in means.items()}}
     return best
 
 

@@ -185,8 +185,8 @@ def markdown(results: list[dict], budget_name: str, seeds: list[int]) -> str:
     verdicts = [(r["task"], r["search"]["verdict"]) for r in results
                 if (r.get("search", {}).get("verdict") or {}).get("interval")]
     if verdicts:
-        lines += ["The search against the task's own template zero-shot on dev (paired bootstrap 90% interval; run with "
-                  "--keep-manual-unless-better, so a winner that is not better exports the manual template): "
+        lines += ["The search against the task's own template zero-shot on dev (paired bootstrap 90% interval; "
+                  "run with --keep-manual-unless-better, so a winner that is not better exports the manual template): "
                   + "; ".join(f"{task} {v['word']} ({v['difference']:+.3f}, {v['interval'][0]:+.3f} to "
                               f"{v['interval'][1]:+.3f}), exported the {v['exported']}" for task, v in verdicts)
                   + ". Columns without it ran before the verdict existed.", ""]

@@ -72,7 +72,8 @@ def main() -> None:
         "| measure | value | target |", "| --- | --- | --- |",
         f"| wall time | {seconds:.0f} s | |",
         f"| lines printed | {len(lines)} | |",
-        f"| longest silence | {longest:.1f} s (after {at:.0f} s) | ≤ {MAX_SILENCE:.0f} s {'✓' if report['met']['silence'] else '✗'} |",
+        f"| longest silence | {longest:.1f} s (after {at:.0f} s) | ≤ {MAX_SILENCE:.0f} s "
+        f"{'✓' if report['met']['silence'] else '✗'} |",
         f"| trials trained | {trained} of {len(trials)} | ≥ half {'✓' if report['met']['trained'] else '✗'} |"])
     print(table)
     write_results("quick_start", report, "Produced by `benchmarks/quick_start.py`.\n\n" + table)

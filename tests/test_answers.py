@@ -192,7 +192,8 @@ def test_copa_search_on_smollm2_exports_what_predict_uses(smollm2, fewglue, tmp_
                  "--max-length", "96", "--out", str(out), "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     val = len((fewglue / "COPA" / "val.jsonl").read_text().splitlines())
-    assert summary["done"] == "4 of 4" and abs(summary["test"]["acc"] * val - round(summary["test"]["acc"] * val)) < 1e-6
+    assert (summary["done"] == "4 of 4"
+            and abs(summary["test"]["acc"] * val - round(summary["test"]["acc"] * val)) < 1e-6)
     rows = [json.loads(line) for line in (fewglue / "COPA" / "val.jsonl").read_text().splitlines()[:4]]
     write_jsonl(tmp_path / "in.jsonl", rows)
     assert main(["predict", str(out / "best"), "--input", str(tmp_path / "in.jsonl"), "--output",

@@ -44,7 +44,8 @@ def test_truncated_or_modified_weights_are_refused(trained):
 def test_missing_file_and_other_backbone_are_refused(trained, tmp_path):
     run, out = trained
     other = "tiny-bert" if run.backbone.causal else "tiny-gpt2"
-    with pytest.raises(AutoplaceError, match=r"was trained on tiny-.* \(vocab_size 4915.\); backbone tiny-.* has vocab_size"):
+    with pytest.raises(AutoplaceError, match=r"was trained on tiny-.* \(vocab_size 4915.\); "
+                                             r"backbone tiny-.* has vocab_size"):
         load(out, model=other, device="cpu")
     (out / "template.json").unlink()
     with pytest.raises(AutoplaceError, match="template.json is missing"):

@@ -136,7 +136,8 @@ CASES = {
     "template mask not last (causal)": (lambda r, t: train(t, _task(r, t), template="{sentence} [MASK] [P:2]"),
                                         "[MASK] must end the template for a causal model"),
     # search-space YAML
-    "space unknown key": (lambda r, t: _search(r, t, space=SPACE_YAML + "colour: red\n"), "key 'colour' is not a known key"),
+    "space unknown key": (lambda r, t: _search(r, t, space=SPACE_YAML + "colour: red\n"),
+                          "key 'colour' is not a known key"),
     "space length range": (lambda r, t: _search(r, t, space=SPACE_YAML + "length: {min: 0, max: 3}\n"),
                            "key 'length' needs 0 < min <= max"),
     "space broken YAML": (lambda r, t: _search(r, t, space="skeleton: [oops\n"), "space.yaml line 2: not valid YAML"),
@@ -248,7 +249,8 @@ CASES = {
                                 "in.jsonl line 2: not UTF-8 text (byte 0xe9)"),
     "predict input binary": (lambda r, t: _predict(r, t, BINARY), "in.jsonl line 1: holds a NUL byte"),
     "data file not UTF-8": (lambda r, t: train(t, _task(r, t, dev_jsonl=LATIN1)), "dev.jsonl line 1: not UTF-8 text"),
-    "data file binary": (lambda r, t: train(t, _task(r, t, train_jsonl=BINARY)), "train.jsonl line 1: holds a NUL byte"),
+    "data file binary": (lambda r, t: train(t, _task(r, t, train_jsonl=BINARY)),
+                         "train.jsonl line 1: holds a NUL byte"),
     "data csv not UTF-8": (lambda r, t: train(t, _task(r, t, toy_yaml=TOY_YAML.replace("dev.jsonl", "dev.csv"),
                                                        dev_csv=b"sentence,label\n" + LATIN1)),
                            "dev.csv line 2: not UTF-8 text"),
@@ -262,7 +264,8 @@ CASES = {
     "space number not finite": (lambda r, t: _search(r, t, space=SPACE_YAML + "lr: {low: .inf, high: .nan}\n"),
                                 "key 'lr.low' must be a finite number"),
     # a template too long to be a path is template text
-    "template longer than a path": (lambda r, t: train(t, _task(r, t), template="{sentence} " + "[P:65] " * 40 + "[MASK]"),
+    "template longer than a path": (lambda r, t: train(t, _task(r, t),
+                                                       template="{sentence} " + "[P:65] " * 40 + "[MASK]"),
                                     "slot length 65 is outside 1-64"),
     # values that are not text are refused, naming the line and field, unless the task says coerce: true
     "predict field a number": (lambda r, t: _predict(r, t, '{"sentence": "a"}\n{"sentence": 12}\n'),
@@ -307,8 +310,10 @@ CASES = {
     # an input line over 1 MB
     "predict line over 1 MB": (lambda r, t: _predict(r, t, json.dumps({"sentence": "a" * 1_000_000}) + "\n"),
                                "in.jsonl line 1: over 1 MB of text"),
-    "data line over 1 MB": (lambda r, t: train(t, _task(r, t, train_jsonl='{"sentence": "a", "label": "pos"}\n' + json.dumps(
-        {"sentence": "a" * 1_000_000, "label": "neg"}) + "\n")), "train.jsonl line 2: over 1 MB of text"),
+    "data line over 1 MB": (lambda r, t: train(t, _task(r, t, train_jsonl='{"sentence": "a", "label": "pos"}\n'
+                                                        + json.dumps({"sentence": "a" * 1_000_000, "label": "neg"})
+                                                        + "\n")),
+                            "train.jsonl line 2: over 1 MB of text"),
     # --out: never a user's folder, never the current or home folder
     "out is the current folder": (lambda r, t: train(t, _task(r, t))[:-1] + ["."], "--out . is the current folder"),
     "out is home": (lambda r, t: train(t, _task(r, t))[:-1] + ["~"], "is your home folder"),
@@ -456,7 +461,8 @@ def test_predict_never_overwrites_a_file_without_overwrite(trained, tmp_path, ca
 def test_predict_on_an_empty_input_writes_an_empty_output_and_says_so(text, trained, tmp_path, capsys):
     (tmp_path / "in.jsonl").write_text(text)
     out = tmp_path / "preds.jsonl"
-    assert main(["predict", str(trained / "artifact"), "--input", str(tmp_path / "in.jsonl"), "--output", str(out)]) == 0
+    assert main(["predict", str(trained / "artifact"), "--input", str(tmp_path / "in.jsonl"),
+                 "--output", str(out)]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert out.read_text() == "" and len(err) == 1 and "has no examples; the output is empty" in err[0]
 

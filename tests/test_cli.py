@@ -51,7 +51,8 @@ def test_train_eval_predict_round_trip(capsys, toy_task_file, tmp_path):
 
     write_jsonl(tmp_path / "in.jsonl", [{"sentence": "the movie was great"},
                                         {"sentence": "the movie was awful", "label": "not a label of this task"}])
-    assert main(["predict", str(out), "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "p.jsonl")]) == 0
+    assert main(["predict", str(out), "--input", str(tmp_path / "in.jsonl"),
+                 "--output", str(tmp_path / "p.jsonl")]) == 0
     preds = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(preds) == 2 and all(p["prediction"] in ("pos", "neg") for p in preds)  # labels in the input are ignored
     assert all(abs(sum(p["scores"].values()) - 1) < 1e-4 for p in preds)

@@ -28,7 +28,8 @@ def test_slot_depth_syntax():
 
 
 def test_a_depth_beyond_the_model_is_refused_naming_its_layers(tiny, toy_task_file):
-    with pytest.raises(TemplateError, match=rf"slot depth @2 is beyond {tiny.name}'s 2 layers \(use @0 to @1, or @all\)"):
+    with pytest.raises(TemplateError, match=rf"slot depth @2 is beyond {tiny.name}'s 2 layers "
+                                            r"\(use @0 to @1, or @all\)"):
         build_prompt(toy_task_file, tiny, "{sentence} [P:2@2] It was [MASK]")
 
 

@@ -15,7 +15,8 @@ FAST = ["--model", "tiny-gpt2", "--n-trials", "5", "--steps", "2", "--eval-every
 
 @pytest.mark.parametrize("template, skeleton", [
     ("{premise} Question: {hypothesis}? Answer: [MASK]",
-     "<start> {premise} <after:premise> Question: {hypothesis}? <after:hypothesis> Answer: <before:answer> [MASK] <end>"),
+     "<start> {premise} <after:premise> Question: {hypothesis}? <after:hypothesis> Answer: <before:answer> "
+     "[MASK] <end>"),
     ("{sentence} It was [MASK]", "<start> {sentence} <after:sentence> It was <before:answer> [MASK] <end>"),
     ("{sentence}\nSentiment: [MASK]", "<start> {sentence} <after:sentence>\nSentiment: <before:answer> [MASK] <end>"),
     ("{input} [MASK]", "<start> {input} <after:input> [MASK] <end>"),

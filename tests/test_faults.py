@@ -91,7 +91,8 @@ def test_two_processes_join_one_postgres_study(postgres_url, toy_task_file, tmp_
     assert sum(w["complete"] + w["pruned"] for s in summaries for w in s["workers"]) == 8
     assert all(s["workers"][0]["complete"] + s["workers"][0]["pruned"] > 0 for s in summaries)  # both worked
     for i in range(2):  # report and export work from either side
-        assert (tmp_path / f"m{i}" / "report.md").is_file() and (tmp_path / f"m{i}" / "best" / "template.json").is_file()
+        assert ((tmp_path / f"m{i}" / "report.md").is_file()
+                and (tmp_path / f"m{i}" / "best" / "template.json").is_file())
         assert main(["export", "--storage", postgres_url, "--study-name", name, "--out", str(tmp_path / f"e{i}")]) == 0
 
 

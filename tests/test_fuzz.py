@@ -62,7 +62,8 @@ values = st.recursive(scalars, lambda inner: st.one_of(
 
 TASK = {"name": "toy", "kind": "classification", "data_files": {"train": "train.jsonl", "dev": "dev.jsonl"},
         "fields": ["sentence"], "verbalizer": {"pos": " yes", "neg": " no"}, "template": "{sentence} It was [MASK]"}
-SPACE = {"skeleton": "<start> {sentence} <end> It was [MASK]", "places": ["start", "end"], "slots": {"min": 1, "max": 2},
+SPACE = {"skeleton": "<start> {sentence} <end> It was [MASK]",
+         "places": ["start", "end"], "slots": {"min": 1, "max": 2},
          "length": {"min": 1, "max": 4}, "lr": {"low": 1e-3, "high": 1e-2, "log": True}, "init": ["vocab"],
          "encoder": ["none", "mlp"], "budget": {"steps": 4, "eval_every": 2}, "reference": {"total_length": 3}}
 

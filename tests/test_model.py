@@ -64,7 +64,8 @@ def test_prompt_vectors_land_exactly_at_slot_positions(tiny, toy_task_file, temp
 
 def test_lean_scores_equal_full_model_logits_at_answer(tiny, toy_task_file):
     task, feat, model = build_prompt(toy_task_file, tiny, "[P:2] {sentence} It was [P:2] [MASK]")
-    items = [feat.encode(EXAMPLE), feat.encode({"sentence": "a much longer sentence than the other one", "label": "neg"})]
+    items = [feat.encode(EXAMPLE),
+             feat.encode({"sentence": "a much longer sentence than the other one", "label": "neg"})]
     batch = collate(items, tiny.tokenizer.pad_token_id)
     with torch.no_grad():
         lean = model(**batch)

@@ -195,7 +195,8 @@ def test_the_winner_is_tested_on_the_backbone_and_precision_its_trials_ran_on(mo
     ('skeleton: "<a> {sentence} [MASK]"\nencoder: [gru]\n', "key 'encoder' must be a non-empty list"),
     ('skeleton: "<a> {sentence} [MASK]"\nbudget: {steps: -3}\n', "key 'budget.steps' must be positive"),
     ('skeleton: "<a> {sentence} [MASK]"\nbudget: {stepz: 3}\n', "key 'budget.stepz' is not a known key"),
-    ('skeleton: "<a> {sentence} [MASK]"\nbudget: {eval_examples: -1}\n', "key 'budget.eval_examples' must be 0 or more"),
+    ('skeleton: "<a> {sentence} [MASK]"\nbudget: {eval_examples: -1}\n',
+     "key 'budget.eval_examples' must be 0 or more"),
     ('skeleton: "<a> {sentence} [MASK]"\nslots: 3\n', "key 'slots' must be a mapping with min and max"),
     ('skeleton: "<a> {sentence [MASK]"\n', "key 'skeleton' is not a valid template"),
     ("skeleton: [unclosed\n", "not valid YAML"),
@@ -256,7 +257,8 @@ def test_budget_flags_override_the_space(capsys, toy_task_file, space_file, tmp_
     assert search(toy_task_file, space_file, out, "--n-trials", "2", "--steps", "4", "--eval-every", "2",
                   "--max-length", "24", "--precision", "bf16") == 0
     best = json.loads((out / "best" / "template.json").read_text())
-    assert best["precision"] == "bf16" and best["prompt"]["max_length"] == 24 and best["train"]["steps"] == 4 and best["train"]["eval_every"] == 2
+    assert (best["precision"] == "bf16" and best["prompt"]["max_length"] == 24 and best["train"]["steps"] == 4
+            and best["train"]["eval_every"] == 2)
     assert all(t.user_attrs["steps"] in (0, 4) for t in study_of(out).get_trials())
 
 

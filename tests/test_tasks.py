@@ -96,7 +96,8 @@ def test_custom_task_yaml_loads(toy_task_file):
 def test_custom_csv_task(tmp_path):
     (tmp_path / "t.csv").write_text("text,y\nfine day,good\nawful day,bad\n")
     (tmp_path / "t.yaml").write_text('name: c\ndata_files: {train: t.csv, dev: t.csv}\nfields: [text]\n'
-                                     'label_field: y\nverbalizer: {good: " yes", bad: " no"}\ntemplate: "{text} [MASK]"\n')
+                                     'label_field: y\nverbalizer: {good: " yes", bad: " no"}\n'
+                                     'template: "{text} [MASK]"\n')
     assert get_task(str(tmp_path / "t.yaml")).load_split("dev")["y"] == ["good", "bad"]
 
 

@@ -1,6 +1,7 @@
 import pytest
 
-from autoplace.template import Field, Mask, Slot, TemplateError, Text, parse, placement_class, render, segments, validate
+from autoplace.template import (Field, Mask, Slot, TemplateError, Text, parse, placement_class, render, segments,
+                                validate)
 
 FIELDS = ["premise", "hypothesis"]
 

@@ -99,8 +99,8 @@ def test_two_runs_of_one_seed_give_the_same_prompt(tiny_gpt2, toy_task_file):
     runs = []
     for _ in range(2):
         torch.rand(1000)  # the global random state differs between the two runs
-        task, feat, model = build_prompt(toy_task_file, tiny_gpt2, "[P:2] {sentence} It was [P:2] [MASK]", encoder="lstm",
-                                   seed=5)
+        task, feat, model = build_prompt(toy_task_file, tiny_gpt2, "[P:2] {sentence} It was [P:2] [MASK]",
+                                         encoder="lstm", seed=5)
         items = feat.encode_all(task.load_split("train"))
         result = train(model, task, items, items[:8], TrainConfig(steps=8, batch_size=4, eval_every=4, lr=0.05,
                                                                   seed=5), progress=False)

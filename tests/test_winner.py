@@ -47,7 +47,8 @@ def test_the_verdict_says_when_the_winner_is_worse_than_the_manual_template(monk
     assert "did not show that it beats the manual template" in report[2]
     best = json.loads((out / "best" / "template.json").read_text())
     manual = "{sentence} It was [MASK]"  # the toy task's own template
-    assert (best["template"] == manual) == keep_manual and verdict["exported"] == ("manual" if keep_manual else "winner")
+    assert ((best["template"] == manual) == keep_manual
+            and verdict["exported"] == ("manual" if keep_manual else "winner"))
     study = optuna.load_study(storage=f"sqlite:///{out}/study.db", study_name="autoplace-toy")
     assert all(isinstance(t.user_attrs["one_answer"], bool) for t in study.trials)
 

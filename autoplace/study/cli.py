@@ -24,7 +24,8 @@ def add_commands(sub, common, positive, out_args, tasks_help: str) -> None:
     p = sub.add_parser("search", help="search where prompt slots go (Optuna study)")
     p.add_argument("--task", required=True, help=tasks_help)
     p.add_argument("--space", default=None, help="search-space YAML (default: search_spaces/<family>.yaml)")
-    p.add_argument("--n-trials", type=positive(int), default=d.n_trials, help="trials in the study, references included")
+    p.add_argument("--n-trials", type=positive(int), default=d.n_trials,
+                   help="trials in the study, references included")
     p.add_argument("--timeout", type=positive(float), default=None, help="seconds before workers stop claiming trials")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--pruner", choices=PRUNERS, default=d.pruner)
@@ -46,7 +47,8 @@ def add_commands(sub, common, positive, out_args, tasks_help: str) -> None:
     p.add_argument("--eval-examples", type=_count("examples"), metavar="N", default=None,
                    help="score N dev examples (a fixed choice) at each evaluation during a trial, and the kept "
                         "prompt on all of dev; 0: all of dev each time (default: the space's budget.eval_examples)")
-    p.add_argument("--confirm-top", type=int, default=d.confirm_top, help="retrain the k best templates over several seeds")
+    p.add_argument("--confirm-top", type=int, default=d.confirm_top,
+                   help="retrain the k best templates over several seeds")
     p.add_argument("--confirm-seeds", type=positive(int), default=d.confirm_seeds)
     p.add_argument("--select", choices=["dev", "cv"], default=d.select,
                    help=f"cv: judge the top templates (--confirm-top, default {CV_TOP}) by k-fold over train and dev")
@@ -164,7 +166,8 @@ def search_storage(folder: str | None, storage: str | None) -> str:
     url = storage or default_url(folder)
     if url.startswith("sqlite:///") and not Path(url.split(":///", 1)[1]).is_file():
         raise AutoplaceError(f"storage {redact(url)!r}: no such database file" if storage else
-                             f"{folder} holds no study (no study.db); for a search stored elsewhere, pass --storage URL")
+                             f"{folder} holds no study (no study.db); for a search stored elsewhere, "
+                             "pass --storage URL")
     return url
 
 

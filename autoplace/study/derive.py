@@ -105,6 +105,7 @@ def derived_space(task, tokenizer=None, data_dir: str | None = None) -> str:
               "# `verbalizers:` (or `auto`); the first of each is the task's own. depth: where prompts enter (the\n"
               "# embeddings, every layer, or one late layer). max_length: the train split's 95th\n"
               "# percentile of tokens with this template, plus room for prompts. eval_examples: a larger dev split is\n"
-              f"# scored on a fixed {DERIVED_EVAL_EXAMPLES} of its examples during a trial, and all of it for the kept prompt. Schema:\n"
+              f"# scored on a fixed {DERIVED_EVAL_EXAMPLES} of its examples during a trial, and all of it for the "
+              "kept prompt. Schema:\n"
               "# search_spaces/README.md.\n")
     return header + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=120)

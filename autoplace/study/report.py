@@ -118,7 +118,8 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
             tied = final.get("tied", [])
             lines += [f"Its dev score's 90% bootstrap interval is {_fmt(lo)}–{_fmt(hi)}: "
                       + (f"{len(tied)} other completed trial(s) lie inside it and are tied with it on dev "
-                         f"(trials {', '.join(map(str, tied))})." if tied else "no other completed trial lies inside it."),
+                         f"(trials {', '.join(map(str, tied))})." if tied
+                         else "no other completed trial lies inside it."),
                       ""]
     lines += screen_table(study.user_attrs.get("screen"))
     lines += ["## Top templates", "", "| # | trial | template | words | placement | encoder | init | dev | train s |",

@@ -126,7 +126,8 @@ class SearchSpace:
                 validate(parse(skeleton.manual_template), task.fields, causal=False)
             except TemplateError as exc:
                 which = "skeleton" if len(self.skeletons) == 1 else f"template {i + 1}"
-                raise AutoplaceError(f"search space {self.path}: {which} does not fit task {task.name}: {exc}") from None
+                raise AutoplaceError(f"search space {self.path}: {which} does not fit task {task.name}: "
+                                     f"{exc}") from None
         if (self.verbalizers or self.auto_verbalizers or "content_free" in self.calibrations) \
                 and not task.kind.needs_verbalizer:
             raise AutoplaceError(f"search space {self.path}: verbalizers and calibration need label words, and "

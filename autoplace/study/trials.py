@@ -35,7 +35,8 @@ def trial_files(study: optuna.Study, trial: optuna.trial.FrozenTrial, folder: Pa
         try:
             download_artifact(artifact_store=store, file_path=str(files[name]), artifact_id=artifact_id)
         except Exception as exc:  # ArtifactNotFound and OS errors
-            raise AutoplaceError(f"trial {trial.number}: stored {name} cannot be read from {store_dir} ({exc})") from None
+            raise AutoplaceError(f"trial {trial.number}: stored {name} cannot be read from {store_dir} "
+                                 f"({exc})") from None
     return files
 
 

@@ -27,7 +27,8 @@ class FolderSource:
 
     def find_folder(self, data_dir: str) -> Path:
         root = Path(data_dir)
-        candidates = [root / name for name in self.folders] + [root / "FewGLUE_32dev" / n for n in self.folders] + [root]
+        candidates = ([root / name for name in self.folders] + [root / "FewGLUE_32dev" / n for n in self.folders]
+                      + [root])
         for folder in candidates:
             if any(os.path.isfile(folder / f) for f in self.files["train"]):
                 return folder
@@ -145,7 +146,8 @@ BUILTIN = {
         template="{sentence} It was [MASK]",
         source=FolderSource(("MR_snippets",), {"train": ("train.jsonl",), "dev": ("dev.jsonl",),
                                                "test": ("test.jsonl",)}, ("rotten_tomatoes", None),
-                            {"label": lambda ex: ["negative", "positive"][ex["label"]], "sentence": lambda ex: ex["text"]}),
+                            {"label": lambda ex: ["negative", "positive"][ex["label"]],
+                             "sentence": lambda ex: ex["text"]}),
         verbalizer={"negative": " terrible", "positive": " great"},
         description="Movie-review sentence sentiment (MR snippets)"),
 }
