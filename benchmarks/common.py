@@ -70,6 +70,34 @@ def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
     return stem.with_suffix(".json"), stem.with_suffix(".md")
 
 
+def changed_settings(earlier: dict, settings: dict) -> dict[str, tuple]:
+    """name -> (earlier value, this run's) for each setting that differs, nested ones named `outer.inner`; within a
+    nested dict only the keys both have count, so a key added for new tasks is no change."""
+    changed = {}
+    for key, value in settings.items():
+        before = earlier.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            changed.update({f"{key}.{k}": (before[k], value[k]) for k in before.keys() & value.keys()
+                            if before[k] != value[k]})
+        elif before != value:
+            changed[key] = (before, value)
+    return changed
+
+
+def earlier_run(name: str, settings: dict, replace: bool = False) -> dict:
+    """What an earlier run of a task-by-task benchmark left in results/NAME-DEVICE.json, to merge this run into. One
+    made with other settings would be overwritten by this run's tasks alone, so it is refused before anything runs
+    (SystemExit, one line), unless `replace`; then this run starts afresh."""
+    path = RESULTS / f"{name}-{device_tag()}.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    changed = changed_settings(earlier, settings) if earlier else {}
+    if changed and not replace:
+        said = ", ".join(f"{k} {a!r} here, {b!r} in this run" for k, (a, b) in sorted(changed.items()))
+        raise SystemExit(f"{path.relative_to(REPO)} holds a run with other settings ({said}); this run would "
+                         "overwrite it: pass --replace to do so, or run with its settings")
+    return {} if changed else earlier
+
+
 class MarkersMissing(ValueError):
     """benchmarks/README.md lacks one well-formed marker pair for a results name."""
 

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from common import DATA, RESULTS, device_tag, mean_std, subset_task, write_results
+from common import DATA, earlier_run, mean_std, subset_task, write_results
 
 from autoplace.backbones import load_backbone
 from autoplace.config import PRECISIONS
@@ -199,16 +199,10 @@ def markdown(results: list[dict], budget_name: str, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def merged(settings: dict, results: list[dict]) -> list[dict]:
-    """This run's tasks, plus those of an earlier run with the same settings (a study run task by task)."""
-    path = RESULTS / f"placement_study-{settings['budget']}-{device_tag()}.json"
-    earlier = json.loads(path.read_text()) if path.is_file() else {}
-    budget, before = settings["settings"], earlier.get("settings", {})
-    if any(earlier.get(k) != v for k, v in settings.items() if k != "settings") or \
-            any(budget[k] != before[k] for k in budget.keys() & before.keys()):  # keys added for new tasks are fine
-        return results
+def merged(earlier: dict, results: list[dict]) -> list[dict]:
+    """This run's tasks, plus the other tasks of an earlier run with the same settings (a study run task by task)."""
     ran = {r["task"] for r in results}
-    return [r for r in earlier["tasks"] if r["task"] not in ran] + results
+    return [r for r in earlier.get("tasks", []) if r["task"] not in ran] + results
 
 
 def main() -> None:
@@ -221,9 +215,14 @@ def main() -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="the frozen forward's precision (the small CPU run uses bf16: 1.6x faster on CPUs "
                              "with bf16 instructions)")
+    parser.add_argument("--replace", action="store_true",
+                        help="overwrite an earlier results file made with other settings")
     args = parser.parse_args()
     budget, seeds = BUDGETS[args.budget], [int(s) for s in args.seeds.split(",")]
     backbone = load_backbone(args.model, precision=args.precision)
+    settings = {"budget": args.budget, "settings": budget, "seeds": seeds, "model": args.model,
+                "precision": backbone.precision}
+    earlier = earlier_run(f"placement_study-{args.budget}", settings, args.replace)
     command = "python benchmarks/placement_study.py " + " ".join(sys.argv[1:])
     results = []
     for name in args.tasks.split(","):
@@ -232,9 +231,7 @@ def main() -> None:
         results[-1].update(seconds=round(time.time() - task_started, 1), command=command, commit=COMMIT,
                            date=time.strftime("%Y-%m-%d"))
         print(f"== {name}: {results[-1]['seconds']:.0f} s", flush=True)
-    settings = {"budget": args.budget, "settings": budget, "seeds": seeds, "model": args.model,
-                "precision": backbone.precision}
-    results = merged(settings, results)
+    results = merged(earlier, results)
     results.sort(key=lambda r: TASKS.index(r["task"]) if r["task"] in TASKS else len(TASKS))
     table = markdown(results, args.budget, seeds)
     print(table)

@@ -1,0 +1,87 @@
+"""The task-by-task benchmarks never lose an earlier run: one with other settings is refused before it starts, one
+with the same settings merges by task (and, for depth_steps, by row); the screened-phrasing rows put the same slots
+into the screened skeleton with the screened words."""
+import json
+import sys
+
+import pytest
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import common  # noqa: E402
+import depth_steps  # noqa: E402
+
+from autoplace.study.space import default_space_path, load_space  # noqa: E402
+
+SETTINGS = {"settings": {"steps": 160, "eval_every": 40, "batch_size": 8}, "seeds": [0, 1, 2], "model": "m", "precision": "bf16"}
+
+
+def _row(test):
+    return {"test_mean": test, "test_std": 0.0, "dev_mean": test, "dev_std": 0.0, "encoder": "lstm", "lr": 0.03,
+            "template": "t"}
+
+
+@pytest.fixture
+def results_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setattr(common, "REPO", tmp_path.parent)
+    earlier = {**SETTINGS, "tasks": [{"task": "mr", "rows": {"late (half depth)": _row(0.85)}}]}
+    (tmp_path / f"depth_steps-{common.device_tag()}.json").write_text(json.dumps(earlier))
+    return tmp_path
+
+
+def test_a_run_with_other_settings_is_refused_in_one_line_and_the_file_is_kept(results_dir):
+    path = results_dir / f"depth_steps-{common.device_tag()}.json"
+    before = path.read_text()
+    with pytest.raises(SystemExit) as refused:
+        common.earlier_run("depth_steps", {**SETTINGS, "settings": {**SETTINGS["settings"], "steps": 40}})
+    message = str(refused.value)
+    assert "\n" not in message and "settings.steps 160 here, 40 in this run" in message and "--replace" in message
+    assert path.read_text() == before
+    assert common.earlier_run("depth_steps", {**SETTINGS, "seeds": [0]}, replace=True) == {}
+
+
+def test_the_same_settings_or_a_new_budget_key_give_the_earlier_run_back(results_dir):
+    assert common.earlier_run("depth_steps", SETTINGS)["tasks"][0]["task"] == "mr"
+    grown = {**SETTINGS, "settings": {**SETTINGS["settings"], "wic_test": None}}  # a key added for new tasks
+    assert common.changed_settings(SETTINGS, grown) == {}
+    assert common.earlier_run("depth_steps", grown)["tasks"][0]["rows"]["late (half depth)"]["test_mean"] == 0.85
+    assert common.changed_settings(SETTINGS, {**SETTINGS, "model": "n"}) == {"model": ("m", "n")}
+
+
+def test_a_rerun_of_some_rows_keeps_the_rows_and_tasks_it_did_not_run(results_dir):
+    earlier = common.earlier_run("depth_steps", SETTINGS)
+    screened = "late (half depth)" + depth_steps.ON_SCREENED
+    new = [{"task": "mr", "rows": {screened: _row(0.9)}}, {"task": "cb", "rows": {"late (half depth)": _row(0.6)}}]
+    tasks = {t["task"]: t for t in depth_steps.merged(earlier, new)}
+    assert set(tasks) == {"mr", "cb"}
+    assert {r: x["test_mean"] for r, x in tasks["mr"]["rows"].items()} == {"late (half depth)": 0.85, screened: 0.9}
+    table = depth_steps.markdown(SETTINGS, list(tasks.values()))
+    line = next(x for x in table.splitlines() if x.startswith(f"| {screened}, 160 steps"))
+    assert line.split(" | ")[1:] == ["90.0 ± 0.0 (90.0)", "– |"]
+
+
+def test_the_screened_rows_put_the_late_slot_into_the_screened_skeleton_with_its_words(tiny_gpt2, monkeypatch):
+    space = load_space(default_space_path("boolq"))
+    skeleton = space.skeletons[2]
+    words = {"false": " No", "true": " Yes"}
+    monkeypatch.setattr(depth_steps, "study_rows", lambda name: {
+        depth_steps.SCREENED: {"template": skeleton.manual_template, "verbalizer": words, "calibrate": True}})
+    default = depth_steps.plans_for("boolq", tiny_gpt2, "default")
+    plans = depth_steps.plans_for("boolq", tiny_gpt2, "screened")
+    assert list(plans) == [row + depth_steps.ON_SCREENED for row in default]
+    late = plans["late (half depth)" + depth_steps.ON_SCREENED]
+    assert late.verbalizer == words and late.calibrate is True
+    assert late.lr == default["late (half depth)"].lr and late.encoder == default["late (half depth)"].encoder
+    slot = late.template.split("[P:")[1].split("]")[0]
+    assert late.template.replace(f"[P:{slot}] ", "") == skeleton.manual_template != space.manual_template
+
+
+def test_a_screened_phrasing_the_space_lacks_is_refused(tiny_gpt2, monkeypatch):
+    monkeypatch.setattr(depth_steps, "study_rows", lambda name: {
+        depth_steps.SCREENED: {"template": "{passage} {question}? [MASK]", "verbalizer": None}})
+    with pytest.raises(SystemExit, match="is no skeleton of"):
+        depth_steps.plans_for("boolq", tiny_gpt2, "screened")
+    monkeypatch.setattr(depth_steps, "study_rows", lambda name: {})
+    with pytest.raises(SystemExit, match="run benchmarks/placement_study.py --tasks boolq first"):
+        depth_steps.plans_for("boolq", tiny_gpt2, "screened")
