@@ -13,7 +13,8 @@ import depth_steps  # noqa: E402
 
 from autoplace.study.space import default_space_path, load_space  # noqa: E402
 
-SETTINGS = {"settings": {"steps": 160, "eval_every": 40, "batch_size": 8}, "seeds": [0, 1, 2], "model": "m", "precision": "bf16"}
+SETTINGS = {"settings": {"steps": 160, "eval_every": 40, "batch_size": 8}, "seeds": [0, 1, 2], "model": "m",
+            "precision": "bf16"}
 
 
 def _row(test):
