@@ -86,3 +86,25 @@ def test_a_screened_phrasing_the_space_lacks_is_refused(tiny_gpt2, monkeypatch):
     monkeypatch.setattr(depth_steps, "study_rows", lambda name: {})
     with pytest.raises(SystemExit, match="run benchmarks/placement_study.py --tasks boolq first"):
         depth_steps.plans_for("boolq", tiny_gpt2, "screened")
+
+
+def test_the_tally_counts_trained_rows_of_both_files_against_the_better_zero_shot_row():
+    import depth_tally
+
+    def rows(**scores):  # row name -> (test, dev)
+        return {name: {**_row(test), "dev_mean": dev} for name, (test, dev) in scores.items()}
+    study = {"settings": {"steps": 40}, "tasks": [
+        {"task": "cb", "metric": "acc", "rows": rows(**{"zero-shot": (0.66, 0.6), "best screened words, zero-shot":
+                                                        (0.64, 0.7), "start-only": (0.68, 0.8),
+                                                        "search over words, places + depth": (0.9, 0.9)})},
+        {"task": "mr", "metric": "acc", "rows": rows(**{"zero-shot": (0.55, 0.5), "best screened words, zero-shot":
+                                                        (0.75, 0.8), "late (half depth)": (0.67, 0.7)})}]}
+    longer = {"settings": {"steps": 160}, "tasks": [
+        {"task": "mr", "rows": rows(**{"late (half depth)": (0.85, 0.84), "deep (every layer)": (0.7, 0.9)})}]}
+    tally = {t["task"]: t for t in depth_tally.tally(study, longer)}
+    assert list(tally) == ["cb", "mr"]  # the study's task order
+    assert tally["cb"]["zero_shot"] == 0.66 and tally["cb"]["best"]["row"] == "start-only, 40 steps"  # not the search
+    assert tally["cb"]["above"] and [r["row"] for r in tally["cb"]["tried"]] == ["start-only, 40 steps"]
+    assert tally["mr"]["best"]["row"] == "late (half depth), 160 steps" and tally["mr"]["above"]
+    assert tally["mr"]["dev_pick"]["row"] == "deep (every layer), 160 steps" and not tally["mr"]["dev_pick_above"]
+    assert "2 of 2 tasks (cb, mr); dev's pick above them: 1 of 2 (cb)" in depth_tally.markdown(list(tally.values()))
