@@ -5,12 +5,14 @@ zero-shot rows. This runs its "deep (every layer)" and "late (half depth)" rows 
 learning rates) with more steps, so the study's 40-step figures and these are the same rows but for the steps. With
 `--phrasing screened` the same slots go into the phrasing and label words of the study's "best screened words" row
 (chosen by the zero-shot screen on train and dev), so a trained prompt starts from the best words found, not the
-built-in ones. Dev still keeps the best checkpoint (scored every `--eval-every` steps); test is only reported.
-Results are written after each task and merged by task and row into an earlier run with the same settings; a run
-with other settings is refused before it starts (`--replace` starts the file afresh).
+built-in ones. A task `mr@32` is MR cut to FewGLUE's 32 train and 32 dev examples. Dev still keeps the best
+checkpoint (scored every `--eval-every` steps); test is only reported. Results are written after each task and
+merged by task and row into an earlier run with the same settings; a run with other settings is refused before it
+starts (`--replace` starts the file afresh).
 
     python benchmarks/depth_steps.py --tasks mr,boolq,cb --steps 160 --precision bf16
     python benchmarks/depth_steps.py --tasks boolq,wic --rows late --phrasing screened --precision bf16
+    python benchmarks/depth_steps.py --tasks mr@32 --precision bf16
 """
 from __future__ import annotations
 
@@ -32,8 +34,21 @@ SCREENED = "best screened words, zero-shot"
 ON_SCREENED = ", screened words"  # a row's name on the screened phrasing: "late (half depth), screened words"
 
 
-def study_rows(name: str) -> dict:
+def few_shot(spec: str, budget: dict) -> tuple[str, dict]:
+    """`mr@32`: MR with its train and dev splits cut to 32 seeded examples each, FewGLUE's sizes, so that MR, where
+    trained prompts win with 512 train examples, shows what the 32 of FewGLUE leave of that (its test subset is the
+    study's, so its zero-shot rows stand)."""
+    name, _, n = spec.partition("@")
+    if not n:
+        return name, budget
+    if name != "mr" or not n.isdigit():
+        raise SystemExit(f"--tasks: {spec!r}: only MR may be cut, as mr@N (N train and N dev examples)")
+    return name, {**budget, "mr_train": int(n), "mr_dev": int(n)}
+
+
+def study_rows(spec: str) -> dict:
     """The placement study's 40-step figures for the same rows and its two zero-shot rows, to read beside."""
+    name = spec.partition("@")[0]
     path = RESULTS / f"placement_study-small-{device_tag()}.json"
     tasks = {t["task"]: t for t in json.loads(path.read_text())["tasks"]} if path.is_file() else {}
     return {row: x for row, x in tasks.get(name, {}).get("rows", {}).items()
@@ -59,8 +74,9 @@ def plans_for(name: str, backbone, phrasing: str) -> dict:
             for row, plan in fixed_placements(space, backbone).items() if row in ROWS}
 
 
-def task_rows(name: str, backbone, budget: dict, seeds: list[int], rows: list[str], phrasing: str,
+def task_rows(spec: str, backbone, budget: dict, seeds: list[int], rows: list[str], phrasing: str,
               command: str) -> dict:
+    name, budget = few_shot(spec, budget)
     task, data_dir, keep = task_for(name, budget)
     plans = plans_for(name, backbone, phrasing)
     out = {}
@@ -78,7 +94,7 @@ def task_rows(name: str, backbone, budget: dict, seeds: list[int], rows: list[st
                     "seconds": round(time.time() - started, 1), "command": command}
         out[row]["test_mean"], out[row]["test_std"] = mean_std([r["test"] for r in runs])
         out[row]["dev_mean"], out[row]["dev_std"] = mean_std([r["dev"] for r in runs])
-    return {"task": name, "metric": task.primary_metric, "subsets": {k: len(v) for k, v in keep.items()},
+    return {"task": spec, "metric": task.primary_metric, "subsets": {k: len(v) for k, v in keep.items()},
             "rows": out}
 
 
@@ -134,6 +150,8 @@ def main() -> None:
     if unknown := [r for r in rows if r not in ROWS]:
         raise SystemExit(f"--rows: unknown {', '.join(unknown)}; choose from {', '.join(ROW_NAMES)}")
     budget = {**BUDGETS["small"], "steps": args.steps, "eval_every": args.eval_every}
+    for spec in args.tasks.split(","):
+        few_shot(spec, budget)  # a bad task name is refused before the backbone loads
     seeds = [int(s) for s in args.seeds.split(",")]
     backbone = load_backbone(args.model, precision=args.precision)
     settings = {"settings": budget, "seeds": seeds, "model": args.model, "precision": backbone.precision}

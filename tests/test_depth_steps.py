@@ -108,3 +108,15 @@ def test_the_tally_counts_trained_rows_of_both_files_against_the_better_zero_sho
     assert tally["mr"]["best"]["row"] == "late (half depth), 160 steps" and tally["mr"]["above"]
     assert tally["mr"]["dev_pick"]["row"] == "deep (every layer), 160 steps" and not tally["mr"]["dev_pick_above"]
     assert "2 of 2 tasks (cb, mr); dev's pick above them: 1 of 2 (cb)" in depth_tally.markdown(list(tally.values()))
+
+
+def test_mr_at_32_cuts_train_and_dev_to_fewglue_sizes_and_nothing_else_may_be_cut():
+    budget = dict(depth_steps.BUDGETS["small"])
+    name, cut = depth_steps.few_shot("mr@32", budget)
+    assert name == "mr" and (cut["mr_train"], cut["mr_dev"]) == (32, 32) and cut["mr_test"] == budget["mr_test"]
+    assert depth_steps.few_shot("cb", budget) == ("cb", budget)
+    _, _, keep = depth_steps.task_for(name, cut)
+    assert (len(keep["train"]), len(keep["dev"]), len(keep["test"])) == (32, 32, budget["mr_test"])
+    for bad in ("cb@32", "mr@x"):
+        with pytest.raises(SystemExit, match="only MR may be cut"):
+            depth_steps.few_shot(bad, budget)
