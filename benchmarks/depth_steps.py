@@ -23,7 +23,7 @@ import sys
 import time
 
 from common import RESULTS, device_tag, earlier_run, mean_std, write_results
-from placement_study import BUDGETS, ROW_NAMES, fixed_placements, task_for, train_row
+from placement_study import BUDGETS, ROW_NAMES, TASKS, fixed_placements, task_for, train_row
 
 from autoplace.backbones import load_backbone
 from autoplace.config import PRECISIONS
@@ -99,14 +99,16 @@ def task_rows(spec: str, backbone, budget: dict, seeds: list[int], rows: list[st
 
 
 def merged(earlier: dict, results: list[dict]) -> list[dict]:
-    """This run's tasks, each with the rows an earlier run (same settings) measured and this one did not."""
-    before = {t["task"]: t for t in earlier.get("tasks", [])}
-    ran = {r["task"] for r in results}
-    out = [t for t in earlier.get("tasks", []) if t["task"] not in ran]
+    """This run's tasks, each with the rows an earlier run (same settings) measured and this one did not, and the
+    earlier run's other tasks; in the study's task order (a cut task such as mr@32 after its own)."""
+    tasks = {t["task"]: t for t in earlier.get("tasks", [])}
     for r in results:
-        old = before.get(r["task"], {})
-        out.append({**old, **r, "rows": {**old.get("rows", {}), **r["rows"]}})
-    return out
+        old = tasks.get(r["task"], {})
+        tasks[r["task"]] = {**old, **r, "rows": {**old.get("rows", {}), **r["rows"]}}
+    def order(spec):
+        name = spec.partition("@")[0]
+        return TASKS.index(name) if name in TASKS else len(TASKS), spec
+    return [tasks[spec] for spec in sorted(tasks, key=order)]
 
 
 def markdown(settings: dict, results: list[dict]) -> str:

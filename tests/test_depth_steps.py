@@ -54,12 +54,13 @@ def test_a_rerun_of_some_rows_keeps_the_rows_and_tasks_it_did_not_run(results_di
     earlier = common.earlier_run("depth_steps", SETTINGS)
     screened = "late (half depth)" + depth_steps.ON_SCREENED
     new = [{"task": "mr", "rows": {screened: _row(0.9)}}, {"task": "cb", "rows": {"late (half depth)": _row(0.6)}}]
-    tasks = {t["task"]: t for t in depth_steps.merged(earlier, new)}
-    assert set(tasks) == {"mr", "cb"}
+    merged = depth_steps.merged(earlier, [*new, {"task": "mr@32", "rows": {}}])
+    assert [t["task"] for t in merged] == ["cb", "mr", "mr@32"]  # the study's order, whatever order they ran in
+    tasks = {t["task"]: t for t in merged[:2]}
     assert {r: x["test_mean"] for r, x in tasks["mr"]["rows"].items()} == {"late (half depth)": 0.85, screened: 0.9}
     table = depth_steps.markdown(SETTINGS, list(tasks.values()))
     line = next(x for x in table.splitlines() if x.startswith(f"| {screened}, 160 steps"))
-    assert line.split(" | ")[1:] == ["90.0 ± 0.0 (90.0)", "– |"]
+    assert line.split(" | ")[1:] == ["–", "90.0 ± 0.0 (90.0) |"]  # cb has no such row
 
 
 def test_the_screened_rows_put_the_late_slot_into_the_screened_skeleton_with_its_words(tiny_gpt2, monkeypatch):
