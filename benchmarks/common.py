@@ -98,6 +98,20 @@ def earlier_run(name: str, settings: dict, replace: bool = False) -> dict:
     return {} if changed else earlier
 
 
+def merge_tasks(earlier: dict, results: list[dict], order: list[str]) -> list[dict]:
+    """This run's tasks merged into an earlier run's (same settings): a task run again keeps the rows this run did not
+    train; tasks in `order`, then others by name (a cut task such as mr@32 right after its own)."""
+    tasks = {t["task"]: t for t in earlier.get("tasks", [])}
+    for r in results:
+        old = tasks.get(r["task"], {})
+        tasks[r["task"]] = {**old, **r, "rows": {**old.get("rows", {}), **r["rows"]}}
+
+    def place(spec):
+        name = spec.partition("@")[0]
+        return order.index(name) if name in order else len(order), spec
+    return [tasks[spec] for spec in sorted(tasks, key=place)]
+
+
 class MarkersMissing(ValueError):
     """benchmarks/README.md lacks one well-formed marker pair for a results name."""
 

@@ -22,7 +22,7 @@ import json
 import sys
 import time
 
-from common import RESULTS, device_tag, earlier_run, mean_std, write_results
+from common import RESULTS, device_tag, earlier_run, mean_std, merge_tasks, write_results
 from placement_study import BUDGETS, ROW_NAMES, TASKS, fixed_placements, task_for, train_row
 
 from autoplace.backbones import load_backbone
@@ -98,19 +98,6 @@ def task_rows(spec: str, backbone, budget: dict, seeds: list[int], rows: list[st
             "rows": out}
 
 
-def merged(earlier: dict, results: list[dict]) -> list[dict]:
-    """This run's tasks, each with the rows an earlier run (same settings) measured and this one did not, and the
-    earlier run's other tasks; in the study's task order (a cut task such as mr@32 after its own)."""
-    tasks = {t["task"]: t for t in earlier.get("tasks", [])}
-    for r in results:
-        old = tasks.get(r["task"], {})
-        tasks[r["task"]] = {**old, **r, "rows": {**old.get("rows", {}), **r["rows"]}}
-    def order(spec):
-        name = spec.partition("@")[0]
-        return TASKS.index(name) if name in TASKS else len(TASKS), spec
-    return [tasks[spec] for spec in sorted(tasks, key=order)]
-
-
 def markdown(settings: dict, results: list[dict]) -> str:
     def cell(x):
         return f"{100 * x['test_mean']:.1f} ± {100 * x['test_std']:.1f} ({100 * x['dev_mean']:.1f})" if x else "–"
@@ -162,7 +149,7 @@ def main() -> None:
     results = []
     for name in args.tasks.split(","):
         results.append(task_rows(name, backbone, budget, seeds, rows, args.phrasing, command))
-        everything = merged(earlier, results)
+        everything = merge_tasks(earlier, results, TASKS)
         table = markdown(settings, everything)
         print(table, flush=True)
         write_results("depth_steps", {**settings, "tasks": everything},

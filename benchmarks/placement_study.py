@@ -13,7 +13,11 @@ budget and the same seeds; dev selects the checkpoint, the test split is only re
     python benchmarks/placement_study.py --budget full      # a GPU
 
 Runs of single tasks merge into one results file (same budget and seeds), so a study too long for one sitting is
-run task by task.
+run task by task; `--rows search,late` trains only those rows (and the zero-shot ones), merged into the task's
+column. A run whose settings differ from the file's is refused before it starts. `--budget small160` is `small`
+with four times the steps:
+
+    python benchmarks/placement_study.py --budget small160 --precision bf16 --tasks mr --rows search
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from common import DATA, earlier_run, mean_std, subset_task, write_results
+from common import DATA, earlier_run, mean_std, merge_tasks, subset_task, write_results
 
 from autoplace.backbones import load_backbone
 from autoplace.config import PRECISIONS
@@ -49,6 +53,11 @@ BUDGETS = {
     "smoke": {"steps": 2, "eval_every": 1, "batch_size": 4, "max_length": 64, "search_trials": 9, "confirm_top": 2,
               "folds": 2, "boolq_test": 40, "mr_test": 40, "mr_train": 40, "mr_dev": 20, "wic_test": 40,
               "multirc_questions": 5, "search_pruner": "median", "keep_manual": True},  # checks the script runs
+    # small160: the same, with every prompt (the search's trials too) trained four times longer, dev every 40 steps:
+    # where depth needs the steps (MR's depth rows climb 11 to 19 points from 40 to 160, depth_steps.py).
+    "small160": {"steps": 160, "eval_every": 40, "batch_size": 8, "max_length": 96, "search_trials": 10,
+                 "confirm_top": 2, "folds": 3, "boolq_test": 500, "mr_test": 500, "mr_train": 512, "mr_dev": 200,
+                 "wic_test": None, "multirc_questions": 100, "search_pruner": "median", "keep_manual": True},
     "full": {"steps": 100, "eval_every": 10, "batch_size": 8, "max_length": 256, "search_trials": 40,
              "confirm_top": 3, "folds": 4, "boolq_test": None, "mr_test": None, "mr_train": None, "mr_dev": None,
              "wic_test": None, "multirc_questions": None, "search_pruner": "median", "keep_manual": True},
@@ -116,7 +125,13 @@ def fixed_placements(space, backbone) -> dict[str, Plan]:
             if name in (*REFERENCE_CLASSES, *DEPTH_REFERENCES)}
 
 
-def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int]) -> dict:
+def wanted(row: str, only: list[str] | None) -> bool:
+    """Whether a row is trained in this run: every row without --rows; the zero-shot rows always (one cheap run)."""
+    return only is None or "zero-shot" in row or any(row.startswith(r) for r in only)
+
+
+def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int], only: list[str] | None = None
+               ) -> dict:
     task, data_dir, keep = task_for(name, budget)
     space = load_space(default_space_path(name))
     ref = space.reference
@@ -145,6 +160,7 @@ def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int]) 
              "prefix (PEFT-style)": Plan(f"[P:{ref.total_length}] {space.manual_template}", "mlp", "random", ref.lr)}
     plans.update(fixed_placements(space, backbone))
     plans[searched] = plan_of(best)
+    plans = {row: plan for row, plan in plans.items() if wanted(row, only)}
     rows = {}
     for row, plan in plans.items():
         print(f"== {name}: {row}: {plan.template!r} {plan.verbalizer or ''} calibrate={plan.calibrate}", flush=True)
@@ -199,12 +215,6 @@ def markdown(results: list[dict], budget_name: str, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def merged(earlier: dict, results: list[dict]) -> list[dict]:
-    """This run's tasks, plus the other tasks of an earlier run with the same settings (a study run task by task)."""
-    ran = {r["task"] for r in results}
-    return [r for r in earlier.get("tasks", []) if r["task"] not in ran] + results
-
-
 def main() -> None:
     from common import COMMIT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -217,8 +227,11 @@ def main() -> None:
                              "with bf16 instructions)")
     parser.add_argument("--replace", action="store_true",
                         help="overwrite an earlier results file made with other settings")
+    parser.add_argument("--rows", help="train only these rows (names or their first words, comma-separated, e.g. "
+                                       "'search,late'); the zero-shot rows always run, the search always runs")
     args = parser.parse_args()
     budget, seeds = BUDGETS[args.budget], [int(s) for s in args.seeds.split(",")]
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
     backbone = load_backbone(args.model, precision=args.precision)
     settings = {"budget": args.budget, "settings": budget, "seeds": seeds, "model": args.model,
                 "precision": backbone.precision}
@@ -227,12 +240,11 @@ def main() -> None:
     results = []
     for name in args.tasks.split(","):
         task_started = time.time()
-        results.append(study_task(name, backbone, args.model, budget, seeds))
+        results.append(study_task(name, backbone, args.model, budget, seeds, rows))
         results[-1].update(seconds=round(time.time() - task_started, 1), command=command, commit=COMMIT,
                            date=time.strftime("%Y-%m-%d"))
         print(f"== {name}: {results[-1]['seconds']:.0f} s", flush=True)
-    results = merged(earlier, results)
-    results.sort(key=lambda r: TASKS.index(r["task"]) if r["task"] in TASKS else len(TASKS))
+    results = merge_tasks(earlier, results, TASKS)
     table = markdown(results, args.budget, seeds)
     print(table)
     write_results(f"placement_study-{args.budget}", {**settings, "tasks": results},

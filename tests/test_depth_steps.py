@@ -54,7 +54,7 @@ def test_a_rerun_of_some_rows_keeps_the_rows_and_tasks_it_did_not_run(results_di
     earlier = common.earlier_run("depth_steps", SETTINGS)
     screened = "late (half depth)" + depth_steps.ON_SCREENED
     new = [{"task": "mr", "rows": {screened: _row(0.9)}}, {"task": "cb", "rows": {"late (half depth)": _row(0.6)}}]
-    merged = depth_steps.merged(earlier, [*new, {"task": "mr@32", "rows": {}}])
+    merged = common.merge_tasks(earlier, [*new, {"task": "mr@32", "rows": {}}], depth_steps.TASKS)
     assert [t["task"] for t in merged] == ["cb", "mr", "mr@32"]  # the study's order, whatever order they ran in
     tasks = {t["task"]: t for t in merged[:2]}
     assert {r: x["test_mean"] for r, x in tasks["mr"]["rows"].items()} == {"late (half depth)": 0.85, screened: 0.9}

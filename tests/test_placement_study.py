@@ -39,3 +39,16 @@ def test_the_table_lists_the_searches_last_and_marks_rows_a_column_lacks():
                     placement_study.SEARCH_ROW]
     deep = next(line for line in table.splitlines() if line.startswith("| deep"))
     assert deep.split(" | ")[1] == "–" and deep.split(" | ")[2].startswith("50.0")
+
+
+def test_rows_picks_rows_by_their_first_words_and_always_keeps_the_zero_shot_rows():
+    names = ["zero-shot", "best screened words, zero-shot", "start-only", "late (half depth)",
+             placement_study.SEARCH_ROW]
+    assert [r for r in names if placement_study.wanted(r, None)] == names
+    assert [r for r in names if placement_study.wanted(r, ["search", "late"])] == \
+        ["zero-shot", "best screened words, zero-shot", "late (half depth)", placement_study.SEARCH_ROW]
+
+
+def test_small160_is_small_with_four_times_the_steps():
+    small, longer = placement_study.BUDGETS["small"], placement_study.BUDGETS["small160"]
+    assert {k for k in small if small[k] != longer[k]} == {"steps", "eval_every"} and longer["steps"] == 160
