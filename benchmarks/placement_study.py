@@ -172,12 +172,13 @@ def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int], 
     for row in rows.values():
         row["test_mean"], row["test_std"] = mean_std([r["test"] for r in row["runs"]])
         row["dev_mean"], row["dev_std"] = mean_std([r["dev"] for r in row["runs"]])
-    return {"task": name, "metric": task.primary_metric, "subsets": {k: len(v) for k, v in keep.items()},
-            "subset_indices": keep, "screen": {"seconds": screen["seconds"], "kept": screen["kept"]},
-            "search": {"seconds": round(search_seconds, 1), "trials": found["trials"], "template": found["template"],
-                       "dev_interval": found["dev_interval"], "tied": found["tied"],
-                       "verdict": found.get("verdict")},
-            "rows": rows}
+    column = {"task": name, "metric": task.primary_metric, "subsets": {k: len(v) for k, v in keep.items()},
+              "subset_indices": keep, "screen": {"seconds": screen["seconds"], "kept": screen["kept"]}, "rows": rows}
+    if searched in rows:  # else the search ran only for its screen: the column keeps the record of its own row's
+        column["search"] = {"seconds": round(search_seconds, 1), "trials": found["trials"],
+                            "template": found["template"], "dev_interval": found["dev_interval"],
+                            "tied": found["tied"], "verdict": found.get("verdict")}
+    return column
 
 
 def markdown(results: list[dict], budget_name: str, seeds: list[int]) -> str:
