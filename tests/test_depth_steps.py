@@ -109,6 +109,22 @@ def test_the_tally_counts_trained_rows_of_both_files_against_the_better_zero_sho
     assert tally["mr"]["best"]["row"] == "late (half depth), 160 steps" and tally["mr"]["above"]
     assert tally["mr"]["dev_pick"]["row"] == "deep (every layer), 160 steps" and not tally["mr"]["dev_pick_above"]
     assert "2 of 2 tasks (cb, mr); dev's pick above them: 1 of 2 (cb)" in depth_tally.markdown(list(tally.values()))
+    # each search row against the best fixed row, zero-shot rows included; a 160-step search file where one exists
+    for task in study["tasks"]:
+        for row in task["rows"].values():
+            row["template"] = "{sentence} [MASK]"
+    search160 = {"settings": {"steps": 160}, "tasks": [
+        {"task": "mr", "rows": rows(**{"search over words, places + depth": (0.84, 0.88)})}]}
+    for row in search160["tasks"][0]["rows"].values():
+        row["template"] = "{sentence} [P:3@15] [MASK]"
+    checks = depth_tally.search_check([study, search160], study, longer)
+    assert [(c["task"], c["steps"]) for c in checks] == [("cb", 40), ("mr", 160)]  # mr's 40-step file has no search
+    assert checks[0]["best_fixed"]["row"] == "start-only, 40 steps" and checks[0]["gap"] > 0
+    assert checks[1]["best_fixed"]["row"] == "late (half depth), 160 steps" and checks[1]["dev_agrees"]
+    assert abs(checks[1]["gap"] + 0.01) < 1e-9
+    table = depth_tally.search_markdown(checks)
+    assert ("| mr | 84.0 (160) | late (half depth), 160 steps: 85.0 | -1.0 (within 1) | 88.0 vs 84.0: "
+            "search at or above |") in table
 
 
 def test_mr_at_32_cuts_train_and_dev_to_fewglue_sizes_and_nothing_else_may_be_cut():
