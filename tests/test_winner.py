@@ -49,6 +49,8 @@ def test_the_verdict_says_when_the_winner_is_worse_than_the_manual_template(monk
     manual = "{sentence} It was [MASK]"  # the toy task's own template
     assert ((best["template"] == manual) == keep_manual
             and verdict["exported"] == ("manual" if keep_manual else "winner"))
+    # the winner is named, exported or not, so a kept manual template still says what the search found
+    assert f"The winner (`{verdict['winner_template']}`)" in report[2]
     study = optuna.load_study(storage=f"sqlite:///{out}/study.db", study_name="autoplace-toy")
     assert all(isinstance(t.user_attrs["one_answer"], bool) for t in study.trials)
 

@@ -84,7 +84,8 @@ def verdict_lines(verdict: dict | None) -> list[str]:
     if verdict["word"] == "unavailable":
         return [f"**Against your template: no verdict** ({verdict['reason']}).", ""]
     lo, hi = verdict["interval"]
-    lines = [f"**Against your template: {verdict['word']}.** The winner scores {_fmt(verdict['winner'])} "
+    winner = f" (`{verdict['winner_template'].replace(chr(10), '⏎')}`)" if "winner_template" in verdict else ""
+    lines = [f"**Against your template: {verdict['word']}.** The winner{winner} scores {_fmt(verdict['winner'])} "
              f"{verdict['metric']} on dev, the task's own template zero-shot "
              f"(`{verdict['manual_template'].replace(chr(10), '⏎')}`) "
              f"{_fmt(verdict['manual'])}: {verdict['difference']:+.3f}, paired bootstrap "

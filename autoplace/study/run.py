@@ -61,7 +61,7 @@ def finish(cfg: SearchConfig, objective: Objective, search_seconds: float, work_
         run, meta = choose_winner(cfg, study, objective)
     try:
         manual, manual_meta = manual_template(cfg, objective)
-        against = verdict(run, manual)
+        against = {**verdict(run, manual), "winner_template": meta["template"]}  # named even if not exported
     except AutoplaceError as exc:  # e.g. a task template this backbone cannot read: say so, lose nothing
         say(f"no verdict against the task's own template: {exc}")
         against = {"word": "unavailable", "reason": str(exc)}
