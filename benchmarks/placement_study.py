@@ -35,6 +35,7 @@ from autoplace.backbones import load_backbone
 from autoplace.config import PRECISIONS
 from autoplace.config import FILLER, Budget, Plan, configs
 from autoplace.runner import fit, prepare
+from autoplace.study.opening import fit_space
 from autoplace.study.run import search
 from autoplace.study.space import DEPTH_REFERENCES, REFERENCE_CLASSES, default_space_path, load_space
 from autoplace.study.storage import default_url
@@ -64,6 +65,9 @@ BUDGETS = {
 }
 ROW_NAMES = {"deep": "deep (every layer)", "late": "late (half depth)"}
 SEARCH_ROW = "search over words, places + depth"
+# where --keep-manual-unless-better kept the manual template: the winner it set aside, trained and tested the same
+# way (reported only, so the study says what keeping the manual template cost or saved; nothing chooses by it)
+SET_ASIDE_ROW = "search's winner, set aside for the manual template"
 TASKS = ["rte", "cb", "boolq", "copa", "wic", "wsc", "multirc", "mr"]  # the seven FewGLUE tasks and MR
 FOLDERS = {name: "MR_snippets" if name == "mr" else "FewGLUE_32dev" for name in TASKS}
 
@@ -125,6 +129,16 @@ def fixed_placements(space, backbone) -> dict[str, Plan]:
             if name in (*REFERENCE_CLASSES, *DEPTH_REFERENCES)}
 
 
+def set_aside_plan(verdict: dict | None, study, space, backbone) -> Plan | None:
+    """The plan of the winner --keep-manual-unless-better set aside for the manual template; None where the search
+    exported its own winner (or an ensemble, which has no one trial)."""
+    if not verdict or verdict.get("exported") != "manual" or verdict.get("winner_trial") is None:
+        return None
+    fitted = dataclasses.replace(space)  # a copy: the fixed rows use the space as shipped
+    fit_space(fitted, study, backbone)
+    return fitted.plan_of(study.trials[verdict["winner_trial"]], backbone.causal)
+
+
 def wanted(row: str, only: list[str] | None) -> bool:
     """Whether a row is trained in this run: every row without --rows; the zero-shot rows always (one cheap run)."""
     return only is None or "zero-shot" in row or any(row.startswith(r) for r in only)
@@ -153,6 +167,7 @@ def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int], 
         study = optuna.load_study(storage=default_url(tmp), study_name=cfg.study_name)
         screened = study.user_attrs["words"][0]
         screen = study.user_attrs["screen"]
+        set_aside = set_aside_plan(found.get("verdict"), study, space, backbone)
     top = space.skeletons[screened["template"]].manual_template
     plans = {"zero-shot": Plan(space.manual_template, "none", "vocab", ref.lr),
              "best screened words, zero-shot": Plan(top, "none", "vocab", ref.lr, verbalizer=screened["verbalizer"],
@@ -160,6 +175,8 @@ def study_task(name: str, backbone, model: str, budget: dict, seeds: list[int], 
              "prefix (PEFT-style)": Plan(f"[P:{ref.total_length}] {space.manual_template}", "mlp", "random", ref.lr)}
     plans.update(fixed_placements(space, backbone))
     plans[searched] = plan_of(best)
+    if set_aside is not None:
+        plans[SET_ASIDE_ROW] = set_aside
     plans = {row: plan for row, plan in plans.items() if wanted(row, only)}
     rows = {}
     for row, plan in plans.items():
@@ -216,6 +233,17 @@ def markdown(results: list[dict], budget_name: str, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def merged_columns(earlier: dict, results: list[dict]) -> list[dict]:
+    """This run's columns merged into the earlier run's by row; a search run again that exported its own winner drops
+    the set-aside row an earlier search left, which no longer belongs to the column's search."""
+    searched_again = {r["task"] for r in results if "search" in r and SET_ASIDE_ROW not in r["rows"]}
+    merged = merge_tasks(earlier, results, TASKS)
+    for column in merged:
+        if column["task"] in searched_again:
+            column["rows"].pop(SET_ASIDE_ROW, None)
+    return merged
+
+
 def main() -> None:
     from common import COMMIT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -245,7 +273,7 @@ def main() -> None:
         results[-1].update(seconds=round(time.time() - task_started, 1), command=command, commit=COMMIT,
                            date=time.strftime("%Y-%m-%d"))
         print(f"== {name}: {results[-1]['seconds']:.0f} s", flush=True)
-    results = merge_tasks(earlier, results, TASKS)
+    results = merged_columns(earlier, results)
     table = markdown(results, args.budget, seeds)
     print(table)
     write_results(f"placement_study-{args.budget}", {**settings, "tasks": results},

@@ -53,6 +53,7 @@ def test_the_verdict_says_when_the_winner_is_worse_than_the_manual_template(monk
     assert f"The winner (`{verdict['winner_template']}`)" in report[2]
     study = optuna.load_study(storage=f"sqlite:///{out}/study.db", study_name="autoplace-toy")
     assert all(isinstance(t.user_attrs["one_answer"], bool) for t in study.trials)
+    assert study.trials[verdict["winner_trial"]].user_attrs["template"] == verdict["winner_template"]
 
 
 def test_every_report_opens_with_the_verdict_and_its_word_follows_its_interval(toy_task_file, space_file, tmp_path,

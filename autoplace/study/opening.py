@@ -72,8 +72,7 @@ def open_study(cfg: SearchConfig, objective) -> optuna.Study:
                                   quiet=cfg.progress is False)
             study.set_user_attr("screen", record)
             study.set_user_attr("words", [w.to_dict() for w in kept])
-        space.words = words_of(study)
-        space.n_layers = objective.backbone.n_layers if space.needs_layers else 0
+        fit_space(space, study, objective.backbone)
         references = space.references(causal)
         references = fewer_zero_shot(references, cfg.n_trials)
         queued = {t.user_attrs.get("reference_key") for t in study.get_trials(deepcopy=False)}
@@ -91,8 +90,7 @@ def open_study(cfg: SearchConfig, objective) -> optuna.Study:
                                        make_pruner(cfg.pruner, budget.steps, budget.eval_every), set_up,
                                        cfg.n_trials, "is being set up by another process (its screen can take minutes)",
                                        cfg.storage_patience)
-    space.words = words_of(study)
-    space.n_layers = objective.backbone.n_layers if space.needs_layers else 0
+    fit_space(space, study, objective.backbone)
     return study
 
 
@@ -106,6 +104,13 @@ def fewer_zero_shot(references: list, n_trials: int) -> list:
     say(f"--n-trials {n_trials}: {cap} of the {len(zero_shot)} zero-shot reference trials run (the screen's best "
         "words first), so that most trials train a prompt; the sampler may still pick the other words")
     return zero_shot[:cap] + [r for r in references if r[0] != "zero-shot"]
+
+
+def fit_space(space: SearchSpace, study: optuna.Study, backbone) -> None:
+    """The space learns what its study sampled from: the screened words, and the backbone's depth where a prompt may
+    enter below the input. A trial's plan is rebuilt only by a space fitted this way."""
+    space.words = words_of(study)
+    space.n_layers = backbone.n_layers if space.needs_layers else 0
 
 
 def words_of(study: optuna.Study) -> dict[str, Words]:

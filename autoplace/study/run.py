@@ -61,7 +61,8 @@ def finish(cfg: SearchConfig, objective: Objective, search_seconds: float, work_
         run, meta = choose_winner(cfg, study, objective)
     try:
         manual, manual_meta = manual_template(cfg, objective)
-        against = {**verdict(run, manual), "winner_template": meta["template"]}  # named even if not exported
+        against = {**verdict(run, manual), "winner_template": meta["template"],  # named even if not exported
+                   "winner_trial": meta.get("trial")}
     except AutoplaceError as exc:  # e.g. a task template this backbone cannot read: say so, lose nothing
         say(f"no verdict against the task's own template: {exc}")
         against = {"word": "unavailable", "reason": str(exc)}
