@@ -23,9 +23,19 @@ RESULTS = REPO / "benchmarks" / "results"
 README = REPO / "benchmarks" / "README.md"  # each results table sits there between its markers
 
 
+def cpu_model() -> str:
+    """The CPU's model name: bf16 kernels, and so scores in bf16, differ between CPUs (screen_precision.py)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     from autoplace.artifact import versions
+    from autoplace.backbones import cpu_has_bf16
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu": cpu_model(), "cpu_bf16_units": cpu_has_bf16(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "versions": versions()}
     info["commit"] = COMMIT
@@ -60,7 +70,7 @@ def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
     payload = {"benchmark": name, "machine": machine(), **payload}
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     header = (f"<!-- written by benchmarks/{Path(sys.argv[0]).name} -->\n\nMachine: {payload['machine']['platform']}, "
-              f"{payload['machine']['cpu_count']} CPUs"
+              f"{payload['machine']['cpu_count']} CPUs ({payload['machine']['cpu']})"
               f"{', ' + payload['machine']['gpu'] if 'gpu' in payload['machine'] else ''}; "
               f"torch {payload['machine']['versions']['torch']}, transformers "
               f"{payload['machine']['versions']['transformers']}, optuna {payload['machine']['versions']['optuna']}; "

@@ -55,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from autoplace.backbones import load_backbone  # noqa: E402
+from common import cpu_model  # noqa: E402
 from autoplace.featurize import collate  # noqa: E402
 from autoplace.config import PromptConfig  # noqa: E402
 from autoplace.pipeline import build  # noqa: E402
@@ -222,9 +223,7 @@ def machine(device, threads: int) -> dict:
             "torch_threads": threads, "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "device": str(device),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    cpu = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-           if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
-    info["cpu"] = cpu[0] if cpu else platform.processor()
+    info["cpu"] = cpu_model()
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
