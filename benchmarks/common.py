@@ -45,12 +45,13 @@ def machine() -> dict:
 
 
 def git_commit() -> str | None:
-    """The code that produced a result; "+dirty" when code (not results) had uncommitted changes."""
+    """The code that produced a result; "+dirty" when code had uncommitted changes (not results, nor markdown: an
+    earlier task of a chained run rewrites benchmarks/README.md, which changes no code)."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)benchmarks/results"], cwd=REPO,
+                                ":(exclude)benchmarks/results", ":(exclude)*.md"], cwd=REPO,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
