@@ -449,7 +449,7 @@ def test_a_full_disk_mid_write_fails_in_one_line_and_keeps_the_older_artifact(to
 def test_five_workers_one_killed_finish_exactly_n(postgres_url, toy_task_file, tmp_path):
     """5 processes on one PostgreSQL study; one is killed with -9 mid-trial: a surviving worker on this host sees
     the trial's process is gone, fails it and queues it again, so the study still ends with exactly N trials."""
-    name, n, steps = f"five-{uuid.uuid4().hex[:8]}", 12, 60
+    name, n, steps = f"five-{uuid.uuid4().hex[:8]}", 12, 120  # 2 s trials: time to catch one mid-way
     space_file, shared = space(tmp_path, steps=steps, eval_every=5), tmp_path / "shared-artifacts"
     procs = [subprocess.Popen(search_cmd(toy_task_file, space_file, tmp_path / f"w{i}", postgres_url, name, n,
                                          "--pruner", "none", "--artifacts", str(shared)),
