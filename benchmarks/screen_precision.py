@@ -44,13 +44,13 @@ def compare(by_precision: dict[str, dict]) -> dict:
     shared = low["scores"].keys() & full["scores"].keys()
     moved = {k: full["scores"][k]["both"] - low["scores"][k]["both"] for k in shared
              if full["scores"][k]["both"] != low["scores"][k]["both"]}
-    order = sorted(low["scores"], key=lambda k: -low["scores"][k]["both"])  # stable, as the screen's own order
     return {"candidates": len(shared), "first": {p: by_precision[p]["kept"][0] for p in PRECISIONS},
             "first_agrees": low["kept"][0] == full["kept"][0],
             "first_scores": {p: by_precision[p]["scores"][by_precision[p]["kept"][0]]["both"] for p in PRECISIONS},
             "kept_both": len(set(low["kept"]) & set(full["kept"])), "keep": len(low["kept"]),
             "moved": len(moved), "max_moved": max(map(abs, moved.values()), default=0.0),
-            "bf16_gap": low["scores"][order[0]]["both"] - low["scores"][order[1]]["both"] if len(order) > 1 else None}
+            "bf16_gap": (low["scores"][low["kept"][0]]["both"] - low["scores"][low["kept"][1]]["both"]
+                         if len(low["kept"]) > 1 else None)}  # kept is the screen's own order, best first
 
 
 def table(results: list[dict]) -> str:
