@@ -1,0 +1,141 @@
+"""Which trial should a search export when dev has 32 examples? Selection rules compared on the same studies.
+
+On FewGLUE's 32 dev examples most of a search's trials are tied with its winner (inside the winner's 90% bootstrap
+interval on dev): the placement study's CB search at 40 steps had 5 such trials, and exported one that scored 60.1
+on test where a fixed placement it had also trained scored 70.2. This runs the search as a user does (`--select
+dev`, the placement study's small budget and subsets, no --keep-manual-unless-better), once per search seed, and
+reads every completed trial's stored prompt on test, to compare on the same trials:
+
+- best by dev: the trial `--select dev` exports (the default);
+- top 3 averaged: the three best distinct templates' calibrated label probabilities averaged (`--ensemble 3`, as
+  PET merges its patterns);
+- tied averaged: the winner and every trial tied with it on dev, averaged;
+- a random tied trial: the mean test score of the winner and its ties (what a pick among them gets on average);
+- best by test: the best single trial, chosen on test, an upper bound no rule can reach.
+
+Only the test split is read for these figures; nothing is chosen by it but the upper bound. Results are written
+after each search and merged by task into an earlier run with the same settings.
+
+    python benchmarks/selection.py --tasks cb --seeds 0,1,2 --precision bf16
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+from common import COMMIT, earlier_run, write_results
+from placement_study import BUDGETS, TASKS, task_for
+
+from autoplace.backbones import load_backbone
+from autoplace.config import PRECISIONS, SearchConfig
+from autoplace.ensemble import Ensemble
+from autoplace.study.run import search
+from autoplace.study.space import default_space_path
+from autoplace.study.storage import default_url
+from autoplace.study.trials import load_existing, load_trial, ranked_trials
+from autoplace.study.winner import judge_dev, top_distinct
+
+RULES = ("best by dev", "top 3 averaged", "tied averaged", "a random tied trial", "best by test")
+TOP_K = 3
+
+
+def select_on(task, data_dir: str, space: str, backbone, model: str, budget: dict, seed: int) -> dict:
+    """One search (seed `seed`), then each rule's test score on its trials, and every trial's dev and test."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = SearchConfig(task=task.name, space=space, out=tmp, storage=default_url(tmp),
+                           study_name=f"select-{task.name}", model=model, data_dir=data_dir,
+                           precision=backbone.precision, n_trials=budget["search_trials"], seed=seed,
+                           steps=budget["steps"], eval_every=budget["eval_every"], batch_size=budget["batch_size"],
+                           max_length=budget["max_length"], pruner=budget["search_pruner"], progress=False)
+        started = time.time()
+        found = search(cfg, task)
+        seconds = time.time() - started
+        study = load_existing(cfg.storage, cfg.study_name)
+        onto = SimpleNamespace(task=task, backbone=backbone)
+        ranked = ranked_trials(study)
+        runs = {t.number: load_trial(study, t, data_dir, onto=onto)[0] for t in ranked}
+        metric = task.primary_metric
+        tests = {n: run.evaluate("test")[metric] for n, run in runs.items()}
+        winner = ranked[0]
+        _, tied = judge_dev(runs[winner.number], study, winner.number)
+        together = [winner.number, *tied]
+        averaged = {"top 3 averaged": [t.number for t in top_distinct(ranked, TOP_K)], "tied averaged": together}
+        scores = {"best by dev": tests[winner.number],
+                  **{rule: Ensemble([runs[n] for n in members]).evaluate("test")[metric]
+                     for rule, members in averaged.items()},
+                  "a random tied trial": statistics.mean(tests[n] for n in together),
+                  "best by test": max(tests.values())}
+    return {"seed": seed, "seconds": round(seconds, 1), "exported_test": found["test"][metric],
+            "members": {**averaged, "best by dev": [winner.number]}, "scores": scores,
+            "trials": [{"number": t.number, "template": t.user_attrs["template"], "dev": t.value,
+                        "test": tests[t.number], "reference": t.user_attrs.get("reference")} for t in ranked]}
+
+
+def summarise(column: dict) -> dict:
+    """Each rule's mean test score over the column's searches."""
+    return {rule: statistics.mean(s["scores"][rule] for s in column["searches"]) for rule in RULES}
+
+
+def merged(earlier: dict, column: dict) -> list[dict]:
+    """The earlier columns with this task's replaced (all its seeds: a task is run again whole), in TASKS order."""
+    columns = {c["task"]: c for c in earlier.get("tasks", [])} | {column["task"]: column}
+    return [columns[t] for t in TASKS if t in columns]
+
+
+def markdown(columns: list[dict]) -> str:
+    lines = ["Test score of what each rule exports, mean over search seeds (each search's own figures in brackets); "
+             "\"tied\" trials lie inside the winner's 90% bootstrap interval on dev. Best by test is chosen on test: "
+             "an upper bound, not a rule.", "",
+             "| rule | " + " | ".join(c["task"] for c in columns) + " |", "| --- |" + " --- |" * len(columns)]
+    for rule in RULES:
+        cells = [f"{100 * c['summary'][rule]:.1f} (" + ", ".join(f"{100 * s['scores'][rule]:.1f}"
+                                                                 for s in c["searches"]) + ")" for c in columns]
+        lines.append(f"| {rule} | " + " | ".join(cells) + " |")
+    ties = ", ".join(f"{c['task']} {'/'.join(str(len(s['members']['tied averaged'])) for s in c['searches'])}"
+                     for c in columns)
+    lines += ["", f"Trials averaged in \"tied averaged\" (the winner and its ties), per search: {ties}. Wall time: "
+              + ", ".join(f"{c['task']} {sum(s['seconds'] for s in c['searches']):.0f} s of search (`{c['command']}`, "
+                          f"commit {c['commit']}, {c['date']})" for c in columns) + "."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="cb,mr")
+    parser.add_argument("--seeds", default="0,1,2", help="search seeds (the sampler's and the trials' training)")
+    parser.add_argument("--budget", choices=("small", "smoke"), default="small")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
+    parser.add_argument("--replace", action="store_true",
+                        help="overwrite an earlier results file made with other settings")
+    args = parser.parse_args()
+    budget, seeds = BUDGETS[args.budget], [int(s) for s in args.seeds.split(",")]
+    tasks = args.tasks.split(",")
+    if unknown := [t for t in tasks if t not in TASKS]:
+        raise SystemExit(f"--tasks: unknown {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    backbone = load_backbone(args.model, precision=args.precision)
+    settings = {"budget": args.budget, "settings": budget, "model": args.model, "precision": backbone.precision}
+    earlier = earlier_run(f"selection-{args.budget}", settings, args.replace)
+    command = "python benchmarks/selection.py " + " ".join(sys.argv[1:])
+    for name in tasks:
+        task, data_dir, _ = task_for(name, budget)
+        column = {"task": name, "metric": task.primary_metric, "searches": [], "command": command, "commit": COMMIT,
+                  "date": time.strftime("%Y-%m-%d")}
+        for seed in seeds:
+            print(f"== {name}: search seed {seed}", flush=True)
+            column["searches"].append(select_on(task, data_dir, str(default_space_path(name)), backbone, args.model,
+                                                budget, seed))
+            column["summary"] = summarise(column)
+            print(f"== {name} seed {seed}: " + ", ".join(f"{rule} {100 * v:.1f}" for rule, v in
+                                                        column["searches"][-1]["scores"].items()), flush=True)
+            earlier = {**settings, "tasks": merged(earlier, column)}
+            write_results(f"selection-{args.budget}", earlier, markdown(earlier["tasks"]))
+    print(markdown(earlier["tasks"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""benchmarks/selection.py: every rule is scored on the trials of one real search (tiny-gpt2, a toy task), and the
+rule the search itself uses gives the score the search exported."""
+import sys
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import selection  # noqa: E402
+
+
+def test_every_rule_is_scored_on_the_same_searchs_trials(toy_task_file, tmp_path, tiny_gpt2):
+    from test_depth import DEPTH_SPACE
+
+    from autoplace.tasks import get_task
+    (tmp_path / "space.yaml").write_text(DEPTH_SPACE)
+    task = get_task(str(toy_task_file))
+    budget = {**selection.BUDGETS["smoke"], "search_trials": 6}
+    out = selection.select_on(task, None, str(tmp_path / "space.yaml"), tiny_gpt2, "tiny-gpt2", budget, seed=0)
+    assert list(out["scores"]) == list(selection.RULES)
+    trials, scores = out["trials"], out["scores"]
+    assert len(trials) >= 3 and all(0 <= t["test"] <= 1 for t in trials)
+    assert [t["dev"] for t in trials] == sorted((t["dev"] for t in trials), reverse=True)  # ranked by dev
+    assert scores["best by dev"] == trials[0]["test"] == out["exported_test"]  # what the search exported
+    assert scores["best by test"] == max(t["test"] for t in trials)
+    tied = out["members"]["tied averaged"]
+    assert tied[0] == trials[0]["number"] and len(set(tied)) == len(tied)
+    by_number = {t["number"]: t["test"] for t in trials}
+    assert abs(scores["a random tied trial"] - sum(by_number[n] for n in tied) / len(tied)) < 1e-9
+    assert len(out["members"]["top 3 averaged"]) == 3 and out["members"]["top 3 averaged"][0] == trials[0]["number"]
+
+
+def test_the_table_has_a_row_per_rule_and_a_task_run_again_replaces_its_column():
+    def column(task, value):
+        searches = [{"seconds": 2.0, "scores": {rule: value for rule in selection.RULES},
+                     "members": {"tied averaged": [1, 2]}}]
+        c = {"task": task, "searches": searches, "command": "c", "commit": "x", "date": "d"}
+        return {**c, "summary": selection.summarise(c)}
+    columns = selection.merged({"tasks": [column("mr", 0.5), column("cb", 0.25)]}, column("cb", 0.75))
+    assert [c["task"] for c in columns] == ["cb", "mr"] and columns[0]["summary"]["best by dev"] == 0.75
+    table = selection.markdown(columns)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split(" | ")[0].removeprefix("| ") for r in rows] == list(selection.RULES)
+    assert rows[0].split(" | ")[1] == "75.0 (75.0)" and "cb 2/" not in table and "cb 2" in table
