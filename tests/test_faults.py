@@ -348,7 +348,7 @@ def test_postgres_restart_mid_study_workers_wait_and_finish_exactly_n(own_postgr
     meanwhile is retried once, and the worker that was running it gives it up."""
     name, n, url = f"outage-{uuid.uuid4().hex[:8]}", 8, own_postgres.url
     env = {**os.environ, **ONE_THREAD, "AUTOPLACE_HEARTBEAT": "1"}  # stale after 2 s without a heartbeat
-    space_file, shared = space(tmp_path, steps=60, eval_every=5), tmp_path / "shared-artifacts"
+    space_file, shared = space(tmp_path, steps=240, eval_every=5), tmp_path / "shared-artifacts"  # caught mid-trial
     procs = [subprocess.Popen(search_cmd(toy_task_file, space_file, tmp_path / f"m{i}", url, name, n,
                                          "--pruner", "none", "--artifacts", str(shared), "--storage-patience", "120"),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
