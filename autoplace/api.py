@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import outdir
-from .config import DEFAULT_MODEL, PRECISION, SEARCH_OUT, SearchConfig
+from .config import DEFAULT_MODEL, PRECISION, SEARCH_OUT, TIED, SearchConfig
 from .errors import AutoplaceError
 from .inputs import read_text
 
@@ -266,7 +266,9 @@ def _check_choice(cfg, task) -> None:
     """The final choice's settings fail before the search, not after it."""
     if cfg.confirm_top < 0:
         raise AutoplaceError("--confirm-top must be 0 or more")
-    if cfg.ensemble > cfg.n_trials:
+    if cfg.ensemble != TIED and not (isinstance(cfg.ensemble, int) and cfg.ensemble >= 1):
+        raise AutoplaceError(f"--ensemble {cfg.ensemble!r}: give a number of templates (1 or more) or {TIED!r}")
+    if cfg.ensemble != TIED and cfg.ensemble > cfg.n_trials:
         raise AutoplaceError(f"--ensemble {cfg.ensemble} is larger than --n-trials {cfg.n_trials}")
     if cfg.select == "cv":
         pooled = sum(len(task.load_split(split, cfg.data_dir)) for split in ("train", "dev"))

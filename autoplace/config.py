@@ -29,6 +29,7 @@ PRUNERS = ("sha", "median", "hyperband", "wilcoxon", "none")
 PRECISION = "auto"                # bf16 on CUDA, fp32 on CPU
 PRECISIONS = ("auto", "fp32", "bf16")
 SEARCH_OUT = "runs/search"
+TIED = "tied"                     # --ensemble tied: the winner and every trial dev cannot tell from it
 CV_TOP = 3                        # templates cross-validated when --select cv comes without --confirm-top
 
 # A search space's ranges when its YAML does not give them (and what a derived space writes).
@@ -152,7 +153,8 @@ class SearchConfig:
     eval_examples: int | None = None  # dev examples scored at each evaluation during a trial (0: all)
     confirm_top: int = 0
     confirm_seeds: int = 3
-    ensemble: int = 1              # > 1: OUT/best averages the top-k templates (PET)
+    ensemble: int | str = 1        # > 1: OUT/best averages the top-k templates (PET); TIED: the winner and its
+                                   # dev ties (benchmarks/selection.py measured it)
     select: str = "dev"            # "cv": the top templates are judged by k-fold over train ∪ dev
     folds: int = 4
     artifacts: str | None = None   # the Optuna artifact store folder (shared storage when several machines join)

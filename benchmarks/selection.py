@@ -9,7 +9,8 @@ reads every completed trial's stored prompt on test, to compare on the same tria
 - best by dev: the trial `--select dev` exports (the default);
 - top 3 averaged: the three best distinct templates' calibrated label probabilities averaged (`--ensemble 3`, as
   PET merges its patterns);
-- tied averaged: the winner and every trial tied with it on dev, averaged;
+- tied averaged: the winner and every trial tied with it on dev, averaged (`--ensemble tied`, which leaves
+  out a tied trial that gave one answer to all of dev; the CB and MR columns of commit 1e7a312 predate that rule);
 - a random tied trial: the mean test score of the winner and its ties (what a pick among them gets on average);
 - best by test: the best single trial, chosen on test, an upper bound no rule can reach.
 
@@ -37,7 +38,7 @@ from autoplace.study.run import search
 from autoplace.study.space import default_space_path
 from autoplace.study.storage import default_url
 from autoplace.study.trials import load_existing, load_trial, ranked_trials
-from autoplace.study.winner import judge_dev, top_distinct
+from autoplace.study.winner import tied_trials, top_distinct
 
 RULES = ("best by dev", "top 3 averaged", "tied averaged", "a random tied trial", "best by test")
 TOP_K = 3
@@ -61,8 +62,7 @@ def select_on(task, data_dir: str, space: str, backbone, model: str, budget: dic
         metric = task.primary_metric
         tests = {n: run.evaluate("test")[metric] for n, run in runs.items()}
         winner = ranked[0]
-        _, tied = judge_dev(runs[winner.number], study, winner.number)
-        together = [winner.number, *tied]
+        together = [t.number for t in tied_trials(study, ranked, runs[winner.number])]  # what --ensemble tied takes
         averaged = {"top 3 averaged": [t.number for t in top_distinct(ranked, TOP_K)], "tied averaged": together}
         scores = {"best by dev": tests[winner.number],
                   **{rule: Ensemble([runs[n] for n in members]).evaluate("test")[metric]
@@ -72,7 +72,8 @@ def select_on(task, data_dir: str, space: str, backbone, model: str, budget: dic
     return {"seed": seed, "seconds": round(seconds, 1), "exported_test": found["test"][metric],
             "members": {**averaged, "best by dev": [winner.number]}, "scores": scores,
             "trials": [{"number": t.number, "template": t.user_attrs["template"], "dev": t.value,
-                        "test": tests[t.number], "reference": t.user_attrs.get("reference")} for t in ranked]}
+                        "test": tests[t.number], "reference": t.user_attrs.get("reference"),
+                        "one_answer": t.user_attrs.get("one_answer", False)} for t in ranked]}
 
 
 def summarise(column: dict) -> dict:

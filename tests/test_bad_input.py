@@ -189,6 +189,8 @@ CASES = {
         "art/m0: prompt.safetensors does not match the checksum"),
     "search ensemble larger than the trials": (lambda r, t: _search(r, t) + ["--ensemble", "3"],
                                                "--ensemble 3 is larger than --n-trials 2"),
+    "search ensemble neither a number nor tied": (lambda r, t: _search(r, t) + ["--ensemble", "two"],
+                                                  "'two' is neither a number of templates (1 or more) nor 'tied'"),
     "export ensemble larger than the completed trials": (
         lambda r, t: ["export", "--storage", f"sqlite:///{r}/study/study.db", "--study-name", "autoplace-toy",
                       "--ensemble", "3", "--out", str(t / "out")],

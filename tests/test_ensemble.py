@@ -56,3 +56,56 @@ def test_search_with_an_ensemble_exports_one_artifact_that_eval_predict_and_trai
                  "--out", str(tmp_path / "again")]) == 0
     again = json.loads((tmp_path / "again" / "template.json").read_text())
     assert again["ensemble"] is True and len(again["members"]) == 3 and again["started_from"] == str(out / "best")
+
+
+def test_search_with_ensemble_tied_averages_the_winner_and_exactly_its_dev_ties(toy_task_file, space_file, tmp_path,
+                                                                               capsys):
+    import optuna
+    from autoplace.study.trials import load_trial, ranked_trials
+    from autoplace.study.winner import judge_dev
+    out = tmp_path / "s"
+    assert main(["search", "--task", str(toy_task_file), "--space", str(space_file), "--model", "tiny-gpt2",
+                 "--n-trials", "6", "--pruner", "none", "--ensemble", "tied", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    meta = json.loads((out / "best" / "template.json").read_text())
+    study = optuna.load_study(storage=f"sqlite:///{out}/study.db", study_name="autoplace-toy")
+    ranked = ranked_trials(study)
+    (lo, hi), _ = judge_dev(load_trial(study, ranked[0], None)[0], study, ranked[0].number)
+    expected = [ranked[0].number] + [t.number for t in ranked[1:] if lo <= t.value <= hi
+                                     and not t.user_attrs.get("one_answer")]
+    assert meta["ensemble"] is True and meta["trials"] == expected and len(expected) >= 2
+    assert len(meta["members"]) == len(expected) and summary["template"].count(" | ") == len(expected) - 1
+    assert main(["eval", str(out / "best"), "--split", "test"]) == 0
+    assert json.loads(capsys.readouterr().out)["acc"] == pytest.approx(summary["test"]["acc"])
+    assert main(["export", str(out), "--ensemble", "tied", "--out", str(tmp_path / "again")]) == 0
+    assert json.loads(capsys.readouterr().out)["trials"] == expected  # export names the same ties
+
+
+def test_tied_members_leave_out_one_answer_trials_unless_the_winner_is_one(toy_task_file):
+    from types import SimpleNamespace
+    import optuna
+    from autoplace.study.trials import ranked_trials
+    from autoplace.study.winner import tied_trials
+
+    def study_of(trials):
+        study = optuna.create_study(direction="maximize")
+        for value, one_answer in trials:
+            study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"one_answer": one_answer}))
+        return study
+    items = [SimpleNamespace(label=i % 2, group=None) for i in range(32)]
+    winner = SimpleNamespace(task=get_task(str(toy_task_file)),  # 21 of 32 right: its interval is about .52-.78
+                             predictions=lambda split: ([it.label if i < 21 else 1 - it.label
+                                                         for i, it in enumerate(items)], items))
+    study = study_of([(21 / 32, False), (0.6, False), (0.55, True), (0.4, False), (0.75, True)])
+    assert [t.number for t in tied_trials(study, ranked_trials(study), winner)] == [0, 1]
+    degenerate = study_of([(21 / 32, True), (0.6, True), (0.3, True)])
+    assert [t.number for t in tied_trials(degenerate, ranked_trials(degenerate), winner)] == [0, 1]
+
+
+@pytest.mark.parametrize("value", [0, "two", 2.5])
+def test_the_api_refuses_an_ensemble_that_is_neither_a_count_nor_tied(toy_task_file, space_file, tmp_path, value):
+    from autoplace import api
+    from autoplace.errors import AutoplaceError
+    with pytest.raises(AutoplaceError, match="give a number of templates"):
+        api.search(str(toy_task_file), str(space_file), 3, tmp_path / "s", model="tiny-gpt2", ensemble=value)
+    assert not (tmp_path / "s" / "study.db").exists()  # refused before anything was written

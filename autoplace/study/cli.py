@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from .. import outdir
-from ..config import CV_TOP, PRUNERS, SEARCH_OUT, SearchConfig
+from ..config import CV_TOP, PRUNERS, SEARCH_OUT, TIED, SearchConfig
 from ..errors import AutoplaceError
 
 
@@ -17,6 +17,14 @@ def _count(what: str):
             raise argparse.ArgumentTypeError(f"{text!r} is not a number of {what} (0 or more)")
         return int(text)
     return parse
+
+
+def _ensemble(text: str) -> int | str:
+    if text == TIED:
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of templates (1 or more) nor {TIED!r}")
+    return int(text)
 
 
 def add_commands(sub, common, positive, out_args, tasks_help: str) -> None:
@@ -57,8 +65,9 @@ def add_commands(sub, common, positive, out_args, tasks_help: str) -> None:
                    help="export the task's own template zero-shot unless the winner's paired 90%% interval against "
                         "it on dev lies above zero")
     p.add_argument("--quiet", action="store_true", help="no line per finished trial, no progress bar")
-    p.add_argument("--ensemble", type=positive(int), default=d.ensemble,
-                   help="k > 1: OUT/best averages the top k templates' calibrated probabilities (as PET does)")
+    p.add_argument("--ensemble", type=_ensemble, default=d.ensemble, metavar="K|tied",
+                   help="k > 1: OUT/best averages the top k templates' calibrated probabilities (as PET does); "
+                        "tied: the winner and every trial tied with it on dev")
     out_args(p, overwrite=False, default=SEARCH_OUT,
              help="folder for the study, best/, report.md (new or empty; the same command again resumes it)")
     p.add_argument("--artifacts", default=None, help="where trial prompts are stored (default OUT/artifacts; "
@@ -70,8 +79,9 @@ def add_commands(sub, common, positive, out_args, tasks_help: str) -> None:
     _study_args(p, out_args, "artifact (or adapter) folder to write")
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
     p.add_argument("--format", choices=["autoplace", "peft"], default="autoplace")
-    p.add_argument("--ensemble", type=positive(int), default=d.ensemble,
-                   help="k > 1: one artifact of the k best distinct templates, answering together")
+    p.add_argument("--ensemble", type=_ensemble, default=d.ensemble, metavar="K|tied",
+                   help="k > 1: one artifact of the k best distinct templates, answering together; tied: the best "
+                        "trial and every trial tied with it on dev")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("report", help="write report.md, trials.csv and plots for a study")
@@ -116,16 +126,12 @@ def cmd_export(args) -> None:
     from .trials import load_trial, pick_trial, trial_files
     outdir.check(args.out, "peft" if args.format == "peft" else "artifact", args.overwrite)
     study = _open_study(args)
-    if args.ensemble > 1:
+    if args.ensemble != 1:
         from .trials import ensemble_from_trials
-        from .trials import ranked_trials
-        from .winner import top_distinct
-        members = top_distinct(ranked_trials(study), args.ensemble)
+        from .winner import members_of
         if args.format == "peft":
             raise AutoplaceError("--ensemble: a PEFT adapter holds one prompt; export the members one by one")
-        if len(members) < args.ensemble:
-            raise AutoplaceError(f"--ensemble {args.ensemble}: the study has only {len(members)} distinct completed "
-                                 "trial(s)")
+        members = members_of(study, args.ensemble, lambda t: load_trial(study, t, None, args.artifacts)[0])
         out = ensemble_from_trials(study, members, args.out, args.artifacts, {"dev": None})
         print(json.dumps({"out": str(out), "trials": [t.number for t in members], "format": "ensemble"}))
         return

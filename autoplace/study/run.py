@@ -14,7 +14,7 @@ from ..config import SearchConfig
 from .opening import open_study
 from .storage import counts, open_storage, redact
 from .trials import ensemble_from_trials
-from .winner import choose_winner, judge_dev, manual_template, top_ensemble, verdict
+from .winner import choose_winner, judge_dev, manual_template, ensemble_choice, verdict
 from .progress import TICKER
 from .worker import Objective, phase, raise_on_sigterm, work
 
@@ -55,8 +55,9 @@ def finish(cfg: SearchConfig, objective: Objective, search_seconds: float, work_
     if running:  # only live workers elsewhere still hold trials: report what is done, say so
         say(f"{done} of {n_trials} trials are done; {running} still RUNNING in other live workers, so this winner "
             "and report cover the done ones (run the command again later to include them)")
-    if cfg.ensemble > 1:
-        run, meta = top_ensemble(cfg, study, objective)
+    averaged = cfg.ensemble != 1
+    if averaged:
+        run, meta = ensemble_choice(cfg, study, objective)
     else:
         run, meta = choose_winner(cfg, study, objective)
     try:
@@ -76,7 +77,7 @@ def finish(cfg: SearchConfig, objective: Objective, search_seconds: float, work_
     interval, tied = judge_dev(run, study, meta.get("trial"))
     meta["test"] = run.evaluate("test")  # the only time the test split is read
     best = (ensemble_from_trials(study, run.trials, Path(cfg.out) / "best", cfg.artifacts, meta)
-            if cfg.ensemble > 1 and not kept_manual else export(Path(cfg.out) / "best", run, meta))
+            if averaged and not kept_manual else export(Path(cfg.out) / "best", run, meta))
     study.set_user_attr("final", {"template": meta["template"], "trial": meta.get("trial"), "dev": meta["dev"],
                                   "dev_interval": interval, "tied": tied, "test": meta["test"],
                                   "search_seconds": round(search_seconds, 1)})

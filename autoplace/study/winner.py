@@ -1,6 +1,7 @@
 """Choosing the winner of a search, so that dev noise does not choose it: the best trial by dev, or the top
 templates confirmed over seeds (--confirm-top), judged by k-fold over train ∪ dev (--select cv), or averaged
-(--ensemble); and the bootstrap interval that says which trials dev cannot tell from the winner.
+(--ensemble: the top k, or the winner with its dev ties); and the bootstrap interval that says which trials dev
+cannot tell from the winner.
 
 A 32-example dev set has a standard error of about 8 points, and the best of 30 trials on it is biased upward (RTE:
 a search picked a template at dev 78.1 that scored 51.6 on test). The remedies follow Perez et al. 2021 ("True
@@ -20,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import ensemble
-from ..config import CV_TOP, Plan, SearchConfig, configs
+from ..config import CV_TOP, TIED, Plan, SearchConfig, configs
 from ..errors import AutoplaceError
 from ..runner import PromptRun, fit, metadata, prepare
 from ..tasks.base import units
@@ -58,16 +59,45 @@ def choose_winner(cfg: SearchConfig, study: optuna.Study, objective) -> tuple[Pr
     return run, meta
 
 
-def top_ensemble(cfg: SearchConfig, study: optuna.Study, objective):
-    """The k best distinct templates' stored prompts, answering together (--ensemble k)."""
-    members = top_distinct(ranked_trials(study), cfg.ensemble)
-    if len(members) < cfg.ensemble:
-        raise AutoplaceError(f"--ensemble {cfg.ensemble}: the study has only {len(members)} distinct completed "
-                             "trial(s); the study is kept, re-run with a smaller --ensemble or more --n-trials")
-    together = ensemble.Ensemble([load_trial(study, t, cfg.data_dir, cfg.artifacts, onto=objective)[0]
-                                  for t in members], trials=members)
+def ensemble_choice(cfg: SearchConfig, study: optuna.Study, objective):
+    """The stored prompts of the trials --ensemble names (members_of), answering together."""
+    loaded = {}
+
+    def winner(trial):
+        loaded[trial.number] = load_trial(study, trial, cfg.data_dir, cfg.artifacts, onto=objective)[0]
+        return loaded[trial.number]
+    members = members_of(study, cfg.ensemble, winner)
+    together = ensemble.Ensemble([loaded.get(t.number) or load_trial(study, t, cfg.data_dir, cfg.artifacts,
+                                                                     onto=objective)[0] for t in members],
+                                 trials=members)
     return together, {"template": " | ".join(t.user_attrs["template"] for t in members),
                       "dev": together.evaluate("dev")}
+
+
+def members_of(study: optuna.Study, k: int | str, load_winner) -> list:
+    """The trials `--ensemble k` averages: the k best distinct templates, or with `tied` the winner by dev and
+    every trial tied with it there. load_winner(trial) gives the winner's PromptRun, which judges the ties."""
+    ranked = ranked_trials(study)
+    if k == TIED and not ranked:
+        raise AutoplaceError(f"study {study.study_name!r} has no completed trial to export")
+    if k == TIED:
+        return tied_trials(study, ranked, load_winner(ranked[0]))
+    members = top_distinct(ranked, k)
+    if len(members) < k:
+        raise AutoplaceError(f"--ensemble {k}: the study has only {len(members)} distinct completed trial(s); the "
+                             "study is kept, use a smaller --ensemble (or `tied`) or run more trials")
+    return members
+
+
+def tied_trials(study: optuna.Study, ranked: list, winner: PromptRun) -> list:
+    """The winner (ranked[0]) and the completed trials inside its 90% interval on dev, best first. Dev cannot tell
+    them apart, so their average bets on none of them: over 6 searches on CB and MR it was never below the
+    best-by-dev trial and above it in 4 (benchmarks/selection.py). A trial that gave one answer to all of dev
+    joins only a winner that did too (it ranks below every other, ranked_trials)."""
+    _, tied = judge_dev(winner, study, ranked[0].number)
+    degenerate = ranked[0].user_attrs.get("one_answer", False)
+    return [ranked[0], *(t for t in ranked[1:]
+                         if t.number in tied and (degenerate or not t.user_attrs.get("one_answer", False)))]
 
 
 def manual_template(cfg: SearchConfig, objective) -> tuple[PromptRun, dict]:
