@@ -75,6 +75,8 @@ def test_search_with_ensemble_tied_averages_the_winner_and_exactly_its_dev_ties(
                                      and not t.user_attrs.get("one_answer")]
     assert meta["ensemble"] is True and meta["trials"] == expected and len(expected) >= 2
     assert len(meta["members"]) == len(expected) and summary["template"].count(" | ") == len(expected) - 1
+    assert f"the stored prompts of trials {', '.join(map(str, expected))} answer together" in (
+        out / "report.md").read_text()
     assert main(["eval", str(out / "best"), "--split", "test"]) == 0
     assert json.loads(capsys.readouterr().out)["acc"] == pytest.approx(summary["test"]["acc"])
     assert main(["export", str(out), "--ensemble", "tied", "--out", str(tmp_path / "again")]) == 0

@@ -111,7 +111,10 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
     lines = [f"# autoplace report: study `{study.study_name}`", ""] + verdict_lines(study.user_attrs.get("verdict"))
     final = study.user_attrs.get("final")
     if final:
+        averaged = final.get("averaged")
         lines += ["## Winner", "", f"`{final['template']}`", "",
+                  *([f"An ensemble: the stored prompts of trials {', '.join(map(str, averaged))} answer together "
+                     "(their calibrated label probabilities averaged).", ""] if averaged else []),
                   f"dev {_metrics(final['dev'])} · **test {_metrics(final['test'])}** (the test split is scored once, "
                   f"for the winner only) · search wall time {final.get('search_seconds', '–')} s", ""]
         if final.get("dev_interval"):

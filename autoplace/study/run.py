@@ -80,6 +80,7 @@ def finish(cfg: SearchConfig, objective: Objective, search_seconds: float, work_
             if averaged and not kept_manual else export(Path(cfg.out) / "best", run, meta))
     study.set_user_attr("final", {"template": meta["template"], "trial": meta.get("trial"), "dev": meta["dev"],
                                   "dev_interval": interval, "tied": tied, "test": meta["test"],
+                                  "averaged": [t.number for t in run.trials] if averaged and not kept_manual else None,
                                   "search_seconds": round(search_seconds, 1)})
     from .report import write_report
     report = write_report(study, cfg.out)
