@@ -1,7 +1,8 @@
 """Where does a trained prompt beat both zero-shot rows? The tally of issue 28, counted from the results files.
 
 Reads the placement study (`placement_study-small-DEVICE.json`: 40-step rows; `placement_study-small160-DEVICE.json`,
-where run: its search at 160 steps) and the longer depth runs (`depth_steps-DEVICE.json`), trains nothing, and writes
+where run: its search at 160 steps), the longer depth runs (`depth_steps-DEVICE.json`) and the selection runs
+(`selection-small-DEVICE.json`: searches exporting the winner with its dev ties averaged), trains nothing, and writes
 per task: the better zero-shot row, the best trained row by 3-seed test mean (the issue's yardstick; a choice made on
 test, so an upper bound, not something a user could pick), the trained row dev would pick (the highest dev mean, what
 a user could pick), and every trained row tried with its steps, encoder and learning rate; and, for each search row,
@@ -18,6 +19,7 @@ from common import RESULTS, device_tag, write_results
 from placement_study import SET_ASIDE_ROW, TASKS
 
 ZERO_SHOT = ("zero-shot", "best screened words, zero-shot")
+TIED_RULE = "tied averaged"  # selection.py's rule that --ensemble tied exports
 
 
 def trained_rows(study: dict, longer: dict) -> list[dict]:
@@ -52,8 +54,17 @@ def tally(study: dict, longer: dict) -> list[dict]:
     return out
 
 
-def search_check(searches: list[dict], study: dict, longer: dict) -> list[dict]:
-    """Each search row against the best fixed row of its task (zero-shot or trained, any budget), by test mean."""
+def best_fixed(name: str, per_task: dict, more: dict) -> dict:
+    """The best fixed row of a task by test mean: zero-shot or trained, any budget."""
+    rows = per_task[name]["rows"]
+    fixed = trained_rows(per_task[name], more.get(name, {})) + [
+        {"row": r, "test": rows[r]["test_mean"], "dev": rows[r]["dev_mean"]} for r in ZERO_SHOT if r in rows]
+    return max(fixed, key=lambda r: r["test"])
+
+
+def search_check(searches: list[dict], study: dict, longer: dict, selection: dict) -> list[dict]:
+    """Each search row against the best fixed row of its task, by test mean: the placement study's searches (what
+    they exported), then selection.py's searches exporting the winner with its dev ties averaged (--ensemble tied)."""
     per_task, more = by_task(study), by_task(longer)
     out = []
     for source in searches:
@@ -62,35 +73,41 @@ def search_check(searches: list[dict], study: dict, longer: dict) -> list[dict]:
             if not found:
                 continue
             name, row = found[0]
-            fixed = trained_rows(per_task[task["task"]], more.get(task["task"], {})) + [
-                {"row": r, "test": per_task[task["task"]]["rows"][r]["test_mean"],
-                 "dev": per_task[task["task"]]["rows"][r]["dev_mean"]}
-                for r in ZERO_SHOT if r in per_task[task["task"]]["rows"]]
-            best = max(fixed, key=lambda r: r["test"])
-            out.append({"task": task["task"], "steps": source["settings"]["steps"], "test": row["test_mean"],
-                        "dev": row["dev_mean"], "template": row["template"], "best_fixed": best,
-                        "gap": row["test_mean"] - best["test"], "dev_agrees": row["dev_mean"] >= best["dev"],
+            best = best_fixed(task["task"], per_task, more)
+            out.append({"task": task["task"], "steps": source["settings"]["steps"], "export": "placement study",
+                        "test": row["test_mean"], "dev": row["dev_mean"], "template": row["template"],
+                        "best_fixed": best, "gap": row["test_mean"] - best["test"],
+                        "dev_agrees": row["dev_mean"] >= best["dev"],
                         "set_aside": (task["rows"][SET_ASIDE_ROW]["test_mean"] if SET_ASIDE_ROW in task["rows"]
                                       else None)})
+    for task in [t for t in selection.get("tasks", []) if t["task"] in per_task]:
+        best, test = best_fixed(task["task"], per_task, more), task["summary"][TIED_RULE]
+        out.append({"task": task["task"], "steps": selection["settings"]["steps"],
+                    "export": f"--ensemble tied, {len(task['searches'])} searches", "test": test, "dev": None,
+                    "template": None, "best_fixed": best, "gap": test - best["test"], "dev_agrees": None,
+                    "set_aside": None})
     return out
 
 
 def search_markdown(checks: list[dict]) -> str:
     lines = ["The search's row against the best fixed row of its task (zero-shot or trained, any budget; chosen on "
-             "test). \"dev\" says whether the search's dev mean is at or above that row's, i.e. whether a gap on test "
-             "is one dev could not see. \"set aside\" is the test mean of the search's own winner where "
-             "--keep-manual-unless-better exported the manual template instead (– where it was not measured or not "
-             "set aside).", "",
-             "| task | search (steps) | best fixed row (test) | search − best | dev | set aside |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "test). \"placement study\" rows are that study's search (3 seeds); \"--ensemble tied\" rows are "
+             "`selection.py`'s searches at the same budget, exporting the winner and its dev ties averaged. \"dev\" "
+             "says whether the search's dev mean is at or above that row's, i.e. whether a gap on test is one dev "
+             "could not see (– where the ensemble's dev was not recorded). \"set aside\" is the test mean of the "
+             "search's own winner where --keep-manual-unless-better exported the manual template instead (– where it "
+             "was not measured or not set aside).", "",
+             "| task | search (steps) | export | best fixed row (test) | search − best | dev | set aside |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in checks:
         points = round(100 * c["gap"], 1)  # judged as printed, so that 84.0 against 85.0 is "within 1"
         verdict = "at or above" if points >= 0 else ("within 1" if points >= -1 else "below")
         set_aside = "–" if c["set_aside"] is None else f"{100 * c['set_aside']:.1f}"
-        lines.append(f"| {c['task']} | {100 * c['test']:.1f} ({c['steps']}) | {c['best_fixed']['row']}: "
-                     f"{100 * c['best_fixed']['test']:.1f} | {points:+.1f} ({verdict}) | "
-                     f"{100 * c['dev']:.1f} vs {100 * c['best_fixed']['dev']:.1f}: "
-                     f"{'search at or above' if c['dev_agrees'] else 'search below'} | {set_aside} |")
+        dev = ("–" if c["dev"] is None else f"{100 * c['dev']:.1f} vs {100 * c['best_fixed']['dev']:.1f}: "
+               f"{'search at or above' if c['dev_agrees'] else 'search below'}")
+        lines.append(f"| {c['task']} | {100 * c['test']:.1f} ({c['steps']}) | {c['export']} | "
+                     f"{c['best_fixed']['row']}: {100 * c['best_fixed']['test']:.1f} | {points:+.1f} ({verdict}) | "
+                     f"{dev} | {set_aside} |")
     return "\n".join(lines)
 
 
@@ -121,8 +138,11 @@ def main() -> None:
     sources = [p for p in (RESULTS / f"placement_study-small-{device_tag()}.json",
                            RESULTS / f"placement_study-small160-{device_tag()}.json", path) if p.is_file()]
     searches = [json.loads(p.read_text()) for p in sources if p.name.startswith("placement_study")]
+    chosen = RESULTS / f"selection-small-{device_tag()}.json"
+    selection = json.loads(chosen.read_text()) if chosen.is_file() else {}
+    sources += [chosen] if chosen.is_file() else []
     rows = tally(study, longer)
-    checks = search_check(searches, study, longer)
+    checks = search_check(searches, study, longer, selection)
     table = markdown(rows) + "\n\n" + search_markdown(checks)
     print(table)
     write_results("depth_tally", {"sources": [p.name for p in sources], "tasks": rows, "searches": checks},

@@ -118,16 +118,22 @@ def test_the_tally_counts_trained_rows_of_both_files_against_the_better_zero_sho
                                        depth_tally.SET_ASIDE_ROW: (0.8, 0.9)})}]}
     for row in search160["tasks"][0]["rows"].values():
         row["template"] = "{sentence} [P:3@15] [MASK]"
-    checks = depth_tally.search_check([study, search160], study, longer)
-    assert [(c["task"], c["steps"]) for c in checks] == [("cb", 40), ("mr", 160)]  # mr's 40-step file has no search
+    selection = {"settings": {"steps": 40}, "tasks": [  # searches exporting the winner and its dev ties averaged
+        {"task": "mr", "searches": [{}, {}, {}], "summary": {depth_tally.TIED_RULE: 0.86, "best by dev": 0.5}}]}
+    checks = depth_tally.search_check([study, search160], study, longer, selection)
+    # mr's 40-step placement file has no search; its selection row comes last
+    assert [(c["task"], c["steps"]) for c in checks] == [("cb", 40), ("mr", 160), ("mr", 40)]
+    assert checks[2]["export"] == "--ensemble tied, 3 searches" and abs(checks[2]["gap"] - 0.01) < 1e-9
     assert checks[0]["best_fixed"]["row"] == "start-only, 40 steps" and checks[0]["gap"] > 0
     assert checks[1]["best_fixed"]["row"] == "late (half depth), 160 steps" and checks[1]["dev_agrees"]
     assert abs(checks[1]["gap"] + 0.01) < 1e-9  # the search's row, not the winner it set aside
     assert (checks[0]["set_aside"], checks[1]["set_aside"]) == (None, 0.8)
     table = depth_tally.search_markdown(checks)
-    assert ("| mr | 84.0 (160) | late (half depth), 160 steps: 85.0 | -1.0 (within 1) | 88.0 vs 84.0: "
-            "search at or above | 80.0 |") in table
+    assert ("| mr | 84.0 (160) | placement study | late (half depth), 160 steps: 85.0 | -1.0 (within 1) | 88.0 vs "
+            "84.0: search at or above | 80.0 |") in table
     assert table.splitlines()[4].endswith("search at or above | – |")  # cb: nothing set aside
+    assert table.splitlines()[-1] == ("| mr | 86.0 (40) | --ensemble tied, 3 searches | late (half depth), 160 steps: "
+                                      "85.0 | +1.0 (at or above) | – | – |")
 
 
 def test_mr_at_32_cuts_train_and_dev_to_fewglue_sizes_and_nothing_else_may_be_cut():
