@@ -63,13 +63,12 @@ def ensemble_choice(cfg: SearchConfig, study: optuna.Study, objective):
     """The stored prompts of the trials --ensemble names (members_of), answering together."""
     loaded = {}
 
-    def winner(trial):
-        loaded[trial.number] = load_trial(study, trial, cfg.data_dir, cfg.artifacts, onto=objective)[0]
+    def run_of(trial) -> PromptRun:  # each member rebuilt once, the winner included
+        if trial.number not in loaded:
+            loaded[trial.number] = load_trial(study, trial, cfg.data_dir, cfg.artifacts, onto=objective)[0]
         return loaded[trial.number]
-    members = members_of(study, cfg.ensemble, winner)
-    together = ensemble.Ensemble([loaded.get(t.number) or load_trial(study, t, cfg.data_dir, cfg.artifacts,
-                                                                     onto=objective)[0] for t in members],
-                                 trials=members)
+    members = members_of(study, cfg.ensemble, run_of)
+    together = ensemble.Ensemble([run_of(t) for t in members], trials=members)
     return together, {"template": " | ".join(t.user_attrs["template"] for t in members),
                       "dev": together.evaluate("dev")}
 
