@@ -111,3 +111,18 @@ def test_the_api_refuses_an_ensemble_that_is_neither_a_count_nor_tied(toy_task_f
     with pytest.raises(AutoplaceError, match="give a number of templates"):
         api.search(str(toy_task_file), str(space_file), 3, tmp_path / "s", model="tiny-gpt2", ensemble=value)
     assert not (tmp_path / "s" / "study.db").exists()  # refused before anything was written
+
+
+def test_a_report_with_dev_ties_says_how_to_average_them(toy_task_file, space_file, tmp_path, capsys):
+    import optuna
+    out = tmp_path / "s"
+    assert main(["search", "--task", str(toy_task_file), "--space", str(space_file), "--model", "tiny-gpt2",
+                 "--n-trials", "6", "--pruner", "none", "--out", str(out)]) == 0
+    tied = json.loads(capsys.readouterr().out)["tied"]
+    report = (out / "report.md").read_text()
+    assert tied and f"(trials {', '.join(map(str, tied))}). `autoplace export OUT --ensemble tied" in report
+    study = optuna.load_study(storage=f"sqlite:///{out}/study.db", study_name="autoplace-toy")
+    winner = study.user_attrs["final"]["trial"]
+    assert main(["export", str(out), "--ensemble", "tied", "--out", str(tmp_path / "avg")]) == 0
+    members = json.loads(capsys.readouterr().out)["trials"]
+    assert members[0] == winner and sorted(members[1:]) == sorted(tied)  # the ties the report named

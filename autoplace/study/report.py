@@ -123,7 +123,9 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
             lines += [f"Its dev score's 90% bootstrap interval is {_fmt(lo)}–{_fmt(hi)}: "
                       + (f"{len(tied)} other completed trial(s) lie inside it and are tied with it on dev "
                          f"(trials {', '.join(map(str, tied))})." if tied
-                         else "no other completed trial lies inside it."),
+                         else "no other completed trial lies inside it.")
+                      + (" `autoplace export OUT --ensemble tied --out DIR` writes the winner and them averaged, "
+                         "which bets on none of them (benchmarks/selection.py)." if tied and not averaged else ""),
                       ""]
     lines += screen_table(study.user_attrs.get("screen"))
     lines += ["## Top templates", "", "| # | trial | template | words | placement | encoder | init | dev | train s |",
