@@ -90,9 +90,9 @@ def members_of(study: optuna.Study, k: int | str, load_winner) -> list:
 
 def tied_trials(study: optuna.Study, ranked: list, winner: PromptRun) -> list:
     """The winner (ranked[0]) and the completed trials inside its 90% interval on dev, best first. Dev cannot tell
-    them apart, so their average bets on none of them: over 6 searches on CB and MR it was never below the
-    best-by-dev trial and above it in 4 (benchmarks/selection.py). A trial that gave one answer to all of dev
-    joins only a winner that did too (it ranks below every other, ranked_trials)."""
+    them apart, so their average bets on none of them: over 3 searches on each of the 8 tasks it was rarely below
+    the best-by-dev trial (by at most 1.1) and above it in about half (up to +8.2; benchmarks/selection.py). A
+    trial that gave one answer to all of dev joins only a winner that did too (it ranks below every other)."""
     _, tied = judge_dev(winner, study, ranked[0].number)
     degenerate = ranked[0].user_attrs.get("one_answer", False)
     return [ranked[0], *(t for t in ranked[1:]
