@@ -124,8 +124,9 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
                       + (f"{len(tied)} other completed trial(s) lie inside it and are tied with it on dev "
                          f"(trials {', '.join(map(str, tied))})." if tied
                          else "no other completed trial lies inside it.")
-                      + (" `autoplace export OUT --ensemble tied --out DIR` writes the winner and them averaged, "
-                         "which bets on none of them (benchmarks/selection.py)." if tied and not averaged else ""),
+                      + (" `autoplace export OUT --ensemble tied --out DIR` averages the winner with them (a "
+                         "one-answer trial aside), which bets on none of them (benchmarks/selection.py)."
+                         if tied and not averaged else ""),
                       ""]
     lines += screen_table(study.user_attrs.get("screen"))
     lines += ["## Top templates", "", "| # | trial | template | words | placement | encoder | init | dev | train s |",

@@ -77,9 +77,9 @@ def members_of(study: optuna.Study, k: int | str, load_winner) -> list:
     """The trials `--ensemble k` averages: the k best distinct templates, or with `tied` the winner by dev and
     every trial tied with it there. load_winner(trial) gives the winner's PromptRun, which judges the ties."""
     ranked = ranked_trials(study)
-    if k == TIED and not ranked:
-        raise AutoplaceError(f"study {study.study_name!r} has no completed trial to export")
     if k == TIED:
+        if not ranked:
+            raise AutoplaceError(f"study {study.study_name!r} has no completed trial to export")
         return tied_trials(study, ranked, load_winner(ranked[0]))
     members = top_distinct(ranked, k)
     if len(members) < k:
@@ -90,8 +90,8 @@ def members_of(study: optuna.Study, k: int | str, load_winner) -> list:
 
 def tied_trials(study: optuna.Study, ranked: list, winner: PromptRun) -> list:
     """The winner (ranked[0]) and the completed trials inside its 90% interval on dev, best first. Dev cannot tell
-    them apart, so their average bets on none of them: over 3 searches on each of the 8 tasks it was rarely below
-    the best-by-dev trial (by at most 1.1) and above it in about half (up to +8.2; benchmarks/selection.py). A
+    them apart, so their average bets on none of them: over 3 searches on each of the 8 tasks it was below the
+    best-by-dev trial in 2 of 24 (by at most 1.1) and above it in 15 (up to +8.2; benchmarks/selection.py). A
     trial that gave one answer to all of dev joins only a winner that did too (it ranks below every other)."""
     _, tied = judge_dev(winner, study, ranked[0].number)
     degenerate = ranked[0].user_attrs.get("one_answer", False)
