@@ -141,6 +141,11 @@ def check_depth(template: Template, n_layers: int, model: str) -> Template:
     return template
 
 
+def zero_shot(text: str) -> str:
+    """The template with every prompt slot taken out: what the model reads with nothing trained."""
+    return re.sub(r" ?\[P(?::[^\]]*)?\] ?", " ", text).strip()
+
+
 def unescape(text: str) -> str:
     """A written \\n (a command line, single-quoted YAML) means a newline in a template."""
     return text.replace("\\n", "\n")

@@ -101,6 +101,7 @@ class SearchSpace:
     auto_k: int = AUTO_WORDS_PER_CLASS      # automatic label words: candidates per class ...
     auto_n: int = AUTO_WORD_SETS            # ... and combinations kept
     words: dict[str, Words] = field(default_factory=dict)  # the screen's survivors, best first (set per study)
+    reference_words: str | None = None  # the survivor the placement references are written on (None: the best)
 
     # -- the first skeleton, the manual default ----------------------------------------------------------------
     @property
@@ -193,12 +194,12 @@ class SearchSpace:
 
     def references(self, causal: bool) -> list[tuple[str, dict]]:
         """(name, enqueued params): zero-shot with each screened set of words, then one placement per class, with
-        the same total prompt length, on the best words; where the space searches depth, the deep and late ones
-        come right after the first placement."""
+        the same total prompt length, on the screen's chosen words (`reference_words`, else its best); where the
+        space searches depth, the deep and late ones come right after the first placement."""
         word_keys = list(self.words) if len(self.words) > 1 else [None]  # one candidate: no `words` parameter
         out = [("zero-shot", {"words": key} if key else {}) for key in word_keys]
-        best = next(iter(self.words.values()), None)  # the screen's best; its skeleton carries the placements
-        t = best.template if best else 0
+        words = self.words.get(self.reference_words) or next(iter(self.words.values()), None)
+        t = words.template if words else 0  # its skeleton carries the placements
         skeleton = self.skeletons[t]
         by_class: dict[str, list[str]] = {}
         for place in skeleton.usable_places(causal):
@@ -212,7 +213,7 @@ class SearchSpace:
             if not chosen:
                 continue
             lengths = self._split(self.reference.total_length, len(chosen))
-            params = {**({"words": word_keys[0]} if word_keys[0] else {}),
+            params = {**({"words": words.key} if word_keys[0] else {}),
                       self._name(t, "n_slots"): len(chosen),
                       self._name(t, f"places@{len(chosen)}"): "+".join(chosen),
                       **{self._name(t, f"length:{p}"): n for p, n in zip(chosen, lengths)},

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import re
 import statistics
 
 import numpy as np
@@ -24,6 +23,7 @@ from .. import ensemble
 from ..config import CV_TOP, TIED, Plan, SearchConfig, configs
 from ..errors import AutoplaceError
 from ..runner import PromptRun, fit, metadata, prepare
+from ..template import zero_shot
 from ..tasks.base import units
 from .trials import load_trial, ranked_trials
 
@@ -102,8 +102,7 @@ def tied_trials(study: optuna.Study, ranked: list, winner: PromptRun) -> list:
 def manual_template(cfg: SearchConfig, objective) -> tuple[PromptRun, dict]:
     """The task's own template zero-shot, with its own words: the user's starting point, which a search's winner
     must beat to be worth taking."""
-    text = re.sub(r" ?\[P(?::[^\]]*)?\] ?", " ", objective.task.template).strip()  # zero-shot: any slot goes
-    prompt, train_cfg = configs(Plan(text, encoder="none"), objective.budget, cfg.seed)
+    prompt, train_cfg = configs(Plan(zero_shot(objective.task.template), encoder="none"), objective.budget, cfg.seed)
     run = prepare(objective.task, objective.backbone, prompt, cfg.data_dir)
     result = fit(run, train_cfg, progress=False)  # no slot: it is scored on dev as it is
     return run, metadata(run, train_cfg, result, None, {"study": cfg.study_name, "manual": True})
