@@ -86,7 +86,9 @@ def test_a_search_over_words_and_places_runs_screen_study_export_predict(words_s
     assert [t.params["words"] for t in zero_shot] == kept[:2]  # the best kept candidates, zero-shot, best first
     assert sum(t.user_attrs["n_prompt_tokens"] > 0 for t in study.trials) >= 6  # most of the 8 trials train
     placed = [t for t in study.trials if t.user_attrs.get("reference") in ("start-only", "end-only", "mixed")]
-    assert placed and all(t.params["words"] == kept[0] for t in placed)  # the placement references use the best
+    written_on = study.user_attrs["screen"]["references"]
+    assert written_on["key"] == (kept[0] if written_on["word"] in ("best", "better", "not kept") else "t0.v0.raw")
+    assert placed and all(t.params["words"] == written_on["key"] for t in placed)  # the references use its choice
     best = json.loads((out / "best" / "template.json").read_text())
     winner = max((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
     assert best["verbalizer"] == winner.user_attrs["verbalizer"]
@@ -112,6 +114,60 @@ def test_with_one_screened_candidate_the_references_use_its_phrasing(words_space
     plan = space.plan_of(optuna.trial.create_trial(params=start, distributions=_distributions(space, start),
                                                    value=0.5), causal=True)
     assert plan.template == "[P:3] Review: {sentence}\nSentiment: [MASK]"  # total 4, clamped to the max length 3
+
+
+def _screen_rows(task, right: dict[str, int], n: int = 64):
+    """Kept rows, the screen's best first, and their answers on train ∪ dev (all labelled 0): the best right on the
+    first right[key] examples, the others on the last, so that they disagree where a paired bootstrap can see it."""
+    from autoplace.study.screen import Answer, Row
+    own = "{sentence} It was [MASK]"
+    rows = [Row("t1.v0.raw", "Review: {sentence}\nSentiment: [MASK]", dict(task.verbalizer), False),
+            Row("t0.v0.raw", own, dict(task.verbalizer), False), Row("t0.v0.cf", own, dict(task.verbalizer), True)]
+    items = [Answer(0) for _ in range(n)]
+    for row in rows:
+        row.both = right[row.key] / n
+    answers = {key: [0] * k + [1] * (n - k) if key == rows[0].key else [1] * (n - k) + [0] * k
+               for key, k in right.items()}
+    return rows, {key: (answered, items) for key, answered in answers.items()}
+
+
+def test_the_references_stay_on_the_tasks_own_template_unless_the_screens_best_beats_it(toy_task_file):
+    """A lead of one example of 64 is noise: the placements go on the task's own template and words. A clear lead
+    (60 against 30 right) moves them to the best; a calibrated copy of the template is not the task's own."""
+    from autoplace.study.screen import reference_words
+    task = get_task(str(toy_task_file))
+    rows, predictions = _screen_rows(task, {"t1.v0.raw": 34, "t0.v0.raw": 33, "t0.v0.cf": 33})
+    tied = reference_words(rows, predictions, task)
+    assert (tied["key"], tied["word"], tied["best"], tied["own"]) == ("t0.v0.raw", "tied", "t1.v0.raw", "t0.v0.raw")
+    assert tied["difference"] == pytest.approx(1 / 64) and tied["interval"][0] < 0 < tied["interval"][1]
+    rows, predictions = _screen_rows(task, {"t1.v0.raw": 60, "t0.v0.raw": 30, "t0.v0.cf": 30})
+    clear = reference_words(rows, predictions, task)
+    assert (clear["key"], clear["word"]) == ("t1.v0.raw", "better") and clear["interval"][0] > 0
+    assert reference_words([rows[0], rows[2]], predictions, task) == {  # only the calibrated copy was kept
+        "key": "t1.v0.raw", "best": "t1.v0.raw", "own": None, "word": "not kept"}
+    assert reference_words(rows[1:], predictions, task)["word"] == "best"
+    for chosen, says in ((tied, "written on t0.v0.raw, the task's own template and words: the screen's best "
+                                "(t1.v0.raw) is tied with it (+0.016 on train ∪ dev, 90% paired bootstrap interval"),
+                         (clear, "written on t1.v0.raw, the screen's best: it beats the task's own template and "
+                                 "words (t0.v0.raw) by +0.469")):
+        record = {"rows": [], "kept": [], "examples": {"train": 32, "dev": 32}, "seconds": 1.0, "references": chosen}
+        assert says in "\n".join(screen_table(record))
+
+
+def test_the_placement_references_are_written_on_the_chosen_words(words_space):
+    from autoplace.study.space import Words
+    space = load_space(words_space)
+    space.words = {"t1.v0.raw": Words("t1.v0.raw", 1, {"pos": " yes", "neg": " no"}, False),
+                   "t0.v0.raw": Words("t0.v0.raw", 0, {"pos": " yes", "neg": " no"}, False)}
+    assert dict(space.references(causal=True))["start-only"]["words"] == "t1.v0.raw"  # none chosen: the best
+    space.reference_words = "t0.v0.raw"
+    refs = space.references(causal=True)
+    assert [p["words"] for name, p in refs if name == "zero-shot"] == ["t1.v0.raw", "t0.v0.raw"]
+    placed = [p for name, p in refs if name != "zero-shot"]
+    assert placed and all(p["words"] == "t0.v0.raw" and "t0:n_slots" in p for p in placed)
+    plan = space.plan_of(optuna.trial.create_trial(params=placed[0], distributions=_distributions(space, placed[0]),
+                                                   value=0.5), causal=True)
+    assert plan.template == "[P:3] {sentence} It was [MASK]"  # start-only on the task's phrasing
 
 
 def _distributions(space, params):

@@ -42,7 +42,25 @@ def screen_table(screen: dict | None) -> list[str]:
         lines.append(f"| {row['key']} | `{template}` | {words} | {'yes' if row['calibrate'] else 'no'} | "
                      f"{_fmt(row['train'])} | {_fmt(row['dev'])} | "
                      f"{'**kept**' if row['key'] in screen['kept'] else row['reason']} |")
-    return lines + [""]
+    return lines + ["", *_references_line(screen.get("references")), ""]
+
+
+def _references_line(chosen: dict | None) -> list[str]:
+    """Which kept candidate the placement references are written on, and why (screen.reference_words)."""
+    if not chosen:
+        return []
+    head = f"The reference placements are written on {chosen['key']}"
+    if chosen["word"] == "best":
+        return [f"{head}, the screen's best and the task's own template and words."]
+    if chosen["word"] == "not kept":
+        return [f"{head}, the screen's best (the task's own template with its own words was not kept)."]
+    lo, hi = chosen["interval"]
+    odds = (f"{chosen['difference']:+.3f} on train ∪ dev, {chosen['level']:.0%} paired bootstrap interval "
+            f"{lo:+.3f} to {hi:+.3f}")
+    if chosen["word"] == "better":
+        return [f"{head}, the screen's best: it beats the task's own template and words ({chosen['own']}) by {odds}."]
+    return [f"{head}, the task's own template and words: the screen's best ({chosen['best']}) is {chosen['word']} "
+            f"with it ({odds}), and a trained prompt's result hangs on its phrasing."]
 
 
 def _auto_words_lines(auto_words: dict) -> list[str]:
