@@ -108,7 +108,8 @@ def fewer_zero_shot(references: list, n_trials: int) -> list:
 
 def fit_space(space: SearchSpace, study: optuna.Study, backbone) -> None:
     """The space learns what its study sampled from: the screened words (and which of them the references are
-    written on), and the backbone's depth where a prompt may enter below the input. A trial's plan is rebuilt only by a space fitted this way."""
+    written on), and the backbone's depth where a prompt may enter below the input. A trial's plan is rebuilt only
+    by a space fitted this way."""
     space.words = words_of(study)
     space.reference_words = study.user_attrs.get("screen", {}).get("references", {}).get("key")
     space.n_layers = backbone.n_layers if space.needs_layers else 0
