@@ -71,8 +71,8 @@ MUTATIONS = [
              "        study.enqueue_trial({}, skip_if_exists=False)\n",
              (f"{SEARCH}::test_a_new_study_queues_the_references_first_then_exactly_n_trials",)),
     Mutation("references-on-the-screens-best", "the references stay on the task's template unless the screen's best "
-             "beats it", "autoplace/study/screen.py", 'word = "better" if lo > 0 else',
-             'word = "better" if lo > -1 else',
+             "beats it", "autoplace/study/screen.py", '"key": best.key if word == "better" else own.key',
+             '"key": best.key',
              ("tests/test_screen.py::test_the_references_stay_on_the_tasks_own_template_unless_the_screens_best_beats_it",)),
     Mutation("budget-not-exact", "exact trial budget across workers",
              "autoplace/study/storage.py", "    for _ in range(n_trials - len(budget_trials(study))):",

@@ -31,7 +31,7 @@ from ..pipeline import parse_for
 from ..template import TemplateError, zero_shot
 from ..inference import predict
 from .space import SearchSpace, Words
-from .winner import bootstrap_scores, percentile_interval
+from .bootstrap import compare
 
 
 @dataclass
@@ -108,9 +108,7 @@ def reference_words(kept: list[Row], predictions: dict, task, level: float = 0.9
         return {"key": best.key, "best": best.key, "own": own.key if own else None,
                 "word": "best" if own else "not kept"}
     (ours, items), (theirs, _) = predictions[best.key], predictions[own.key]
-    draws = bootstrap_scores(task, items, ours, theirs)
-    lo, hi = percentile_interval(draws[:, 0] - draws[:, 1], level)
-    word = "better" if lo > 0 else "worse" if hi < 0 else "tied"
+    lo, hi, word = compare(task, items, ours, theirs, level)
     return {"key": best.key if word == "better" else own.key, "best": best.key, "own": own.key, "word": word,
             "difference": best.both - own.both, "interval": [lo, hi], "level": level}
 

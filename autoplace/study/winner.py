@@ -15,7 +15,6 @@ import json
 import random
 import statistics
 
-import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -25,6 +24,7 @@ from ..errors import AutoplaceError
 from ..runner import PromptRun, fit, metadata, prepare
 from ..template import zero_shot
 from ..tasks.base import units
+from .bootstrap import bootstrap_scores, compare, percentile_interval
 from .trials import load_trial, ranked_trials
 
 def judge_dev(run: PromptRun, study: optuna.Study, winner: int | None) -> tuple[tuple[float, float], list[int]]:
@@ -115,36 +115,10 @@ def verdict(winner, manual, level: float = 0.9) -> dict:
     task, metric = winner.task, winner.task.primary_metric
     (won, items), (kept, _) = winner.predictions("dev"), manual.predictions("dev")
     scores = task.score(won, items)[metric], task.score(kept, items)[metric]
-    draws = bootstrap_scores(task, items, won, kept)
-    lo, hi = percentile_interval(draws[:, 0] - draws[:, 1], level)
-    word = "better" if lo > 0 else "worse" if hi < 0 else "tied"
+    lo, hi, word = compare(task, items, won, kept, level)
     return {"metric": metric, "winner": scores[0], "manual": scores[1], "difference": scores[0] - scores[1],
             "interval": [lo, hi], "level": level, "word": word, "examples": len(items),
             "manual_template": manual.prompt.template}
-
-
-def bootstrap_scores(task, items, *predicted: list, resamples: int = 1000, seed: int = 0) -> np.ndarray:
-    """The task's metric on bootstrap resamples of dev, for each list of predictions on the same resamples (a paired
-    bootstrap): shape (resamples, len(predicted)). MultiRC's questions are drawn whole, and a question drawn twice
-    counts twice: each draw gets its own question id, so exact match is not merged across copies."""
-    metric = task.primary_metric
-    grouped = any(item.group is not None for item in items)
-    together = units([item.group for item in items] if grouped else None, len(items))
-    rng, out = np.random.default_rng(seed), np.zeros((resamples, len(predicted)))
-    if not items:
-        return out
-    for r in range(resamples):
-        rows = [(k, row) for k, u in enumerate(rng.integers(0, len(together), len(together))) for row in together[u]]
-        sample = ([dataclasses.replace(items[row], group=(k, items[row].group)) for k, row in rows] if grouped
-                  else [items[row] for _, row in rows])
-        for j, answers in enumerate(predicted):
-            out[r, j] = task.score([answers[row] for _, row in rows], sample)[metric]
-    return out
-
-
-def percentile_interval(values, level: float = 0.9) -> tuple[float, float]:
-    tail = (1 - level) / 2
-    return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
 
 
 def top_distinct(ranked: list, k: int) -> list:
