@@ -99,7 +99,7 @@ def reference_words(kept: list[Row], predictions: dict, task, level: float = 0.9
     """Which kept candidate the placement references are written on: the task's own template with its own words,
     unless the screen's best beats it on train ∪ dev by a paired bootstrap (the test the verdict puts a winner to).
     One score on a few dozen examples ranks phrasings by noise, while a trained prompt's result hangs on its
-    phrasing (CB: the screen's best led the task's template by one example of 64; the middle-only prompt scored
+    phrasing (CB: the screen's best was tied with the task's template; the middle-only prompt scored
     70.2 on test on the template, 56.5 on the other phrasing)."""
     best = kept[0]
     own = next((r for r in kept if r.template == zero_shot(task.template) and not r.calibrate
