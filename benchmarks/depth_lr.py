@@ -6,9 +6,11 @@ the start of the text or just before the answer; below that layer its slots hold
 prompt starts from), and each is trained with a grid of learning rates at the placement study's `small` budget. Dev
 (the checkpoint the trainer keeps) is what the grid is read by: the references' recipe per depth is the best mean
 over tasks. Hidden-state norms per layer are recorded too, to compare with a step size scaled by the norm where a
-prompt enters.
+prompt enters. With several seeds (`--seeds 0,1,2`) a rate is read by its mean over tasks and seeds, so a rate
+that trains well on one seed and collapses on another is not chosen; runs of other seeds merge into the same file.
 
     python benchmarks/depth_lr.py --tasks mr,cb --precision bf16
+    python benchmarks/depth_lr.py --tasks mr,cb --precision bf16 --seeds 1,2 --rows "late (before answer)"
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ GRID = {  # row name: the prompt and the learning rates tried
     "input": Row("input", (3e-3, 3e-2, 1e-1)),
     "all": Row("all", (3e-3, 1e-2, 3e-2)),
     "late (start)": Row("late", (3e-2, 1e-1, 3e-1)),
-    "late (before answer)": Row("late", (3e-2, 1e-1, 3e-1), before_answer=True),
+    "late (before answer)": Row("late", (1e-2, 3e-2, 1e-1, 3e-1), before_answer=True),
     # below the layer, the prompt's init tokens, not pads
     "late (before answer), filler init": Row("late", (3e-2, 1e-1, 3e-1), before_answer=True, filler="init"),
     # where text attends to the slot below its layer, so the filler can matter
@@ -71,7 +73,8 @@ def hidden_norms(backbone, text: str) -> list[float]:
     return [round(float(seen[layer][0, 1:].float().norm(dim=-1).median()), 2) for layer in range(backbone.n_layers)]
 
 
-def sweep_task(name: str, backbone, budget: dict, seed: int, reference: Reference, only: list[str]) -> dict:
+def sweep_task(name: str, backbone, budget: dict, seeds: list[int], reference: Reference, only: list[str],
+               rates: list[float] | None) -> dict:
     task, data_dir, _ = task_for(name, budget)
     manual = load_space(default_space_path(name)).manual_template
     fit_budget = Budget(**{k: budget[k] for k in ("steps", "eval_every", "batch_size", "max_length")})
@@ -80,40 +83,60 @@ def sweep_task(name: str, backbone, budget: dict, seed: int, reference: Referenc
         if only and depth not in only:
             continue
         template = template_for(row, manual, backbone.n_layers, reference.total_length)
-        for lr in row.rates:
+        for lr in (lr for lr in row.rates if rates is None or lr in rates):
             plan = Plan(template, row.encoder or reference.encoder, reference.init, lr, filler=row.filler)
-            prompt, cfg = configs(plan, fit_budget, seed)
-            run = prepare(task, backbone, prompt, data_dir)
-            result = fit(run, cfg, progress=False)
-            rows.setdefault(depth, {"template": template, "encoder": plan.encoder, "runs": []})["runs"].append(
-                {"lr": lr, "dev": result.dev[task.primary_metric], "train_seconds": round(result.train_seconds, 1)})
-            print(f"== {name} {depth} lr {lr:g}: dev {result.dev[task.primary_metric]:.3f} "
-                  f"({result.train_seconds:.0f} s)", flush=True)
+            for seed in seeds:
+                prompt, cfg = configs(plan, fit_budget, seed)
+                run = prepare(task, backbone, prompt, data_dir)
+                result = fit(run, cfg, progress=False)
+                rows.setdefault(depth, {"template": template, "encoder": plan.encoder, "runs": []})["runs"].append(
+                    {"lr": lr, "seed": seed, "dev": result.dev[task.primary_metric],
+                     "train_seconds": round(result.train_seconds, 1)})
+                print(f"== {name} {depth} lr {lr:g} seed {seed}: dev {result.dev[task.primary_metric]:.3f} "
+                      f"({result.train_seconds:.0f} s)", flush=True)
     return {"task": name, "metric": task.primary_metric, "rows": rows}
 
 
+def run_seed(run: dict, earlier_seed: int = 0) -> int:
+    return run.get("seed", earlier_seed)  # runs written before --seeds carry the file's one seed
+
+
 def merged(results: list[dict], args, precision: str) -> list[dict]:
-    """This run's rows added to an earlier run's (same budget, seed, model and precision), task by task."""
+    """This run's runs added to an earlier run's (same budget, model and precision), task by task and row by row; a
+    run of the same row, rate and seed replaces the earlier one."""
     path = RESULTS / f"depth_lr-{device_tag()}.json"
     earlier = json.loads(path.read_text()) if path.is_file() else {}
-    same = {k: earlier.get(k) for k in ("budget", "seed", "model", "precision")} == \
-        {"budget": args.budget, "seed": args.seed, "model": args.model, "precision": precision}
+    same = {k: earlier.get(k) for k in ("budget", "model", "precision")} == \
+        {"budget": args.budget, "model": args.model, "precision": precision}
     if not same:
         raise SystemExit(f"depth_lr.py: --rows needs an earlier run with the same settings in {path}")
+    seed0 = earlier.get("seed", 0)
     by_task = {t["task"]: t for t in earlier["tasks"]}
     for result in results:
-        by_task[result["task"]]["rows"].update(result["rows"])
+        rows = by_task.setdefault(result["task"], {**result, "rows": {}})["rows"]
+        for depth, row in result["rows"].items():
+            new = {(r["lr"], r["seed"]) for r in row["runs"]}
+            kept = [{**r, "seed": run_seed(r, seed0)} for r in rows.get(depth, {}).get("runs", [])
+                    if (r["lr"], run_seed(r, seed0)) not in new]
+            rows[depth] = {**row, "runs": kept + row["runs"]}
     return list(by_task.values())
 
 
+def dev_of(task: dict, depth: str, lr: float) -> list[float]:
+    """The dev scores of one row and rate on one task, one per seed run (none where it was not run)."""
+    return [r["dev"] for r in task["rows"].get(depth, {}).get("runs", []) if r["lr"] == lr]
+
+
 def best_rates(results: list[dict]) -> dict:
-    """Per depth: the learning rate with the best dev mean over the tasks swept."""
+    """Per depth: the learning rate with the best dev mean over the tasks and seeds swept (each task weighs the
+    same); rates not run on every task are left out."""
     best = {}
     for depth, row in GRID.items():
-        means = {lr: sum(next(r["dev"] for r in t["rows"][depth]["runs"] if r["lr"] == lr) for t in results)
-                 / len(results) for lr in row.rates}
-        best[depth] = {"lr": max(means, key=means.get),
-                       "dev_means": {f"{lr:g}": round(m, 4) for lr, m in means.items()}}
+        means = {lr: sum(sum(d) / len(d) for d in devs) / len(devs) for lr in row.rates
+                 if all(devs := [dev_of(t, depth, lr) for t in results])}
+        if means:
+            best[depth] = {"lr": max(means, key=means.get),
+                           "dev_means": {f"{lr:g}": round(m, 4) for lr, m in means.items()}}
     return best
 
 
@@ -121,16 +144,21 @@ def markdown(report: dict) -> str:
     tasks = [t["task"] for t in report["tasks"]]
     metrics = ", ".join(f"{t['task']} {t['metric']}" for t in report["tasks"])
     lines = [f"Budget `{report['budget']}` ({report['settings']['steps']} steps of batch "
-             f"{report['settings']['batch_size']}), seed {report['seed']}, precision {report['precision']}; "
-             f"dev score of the kept checkpoint ({metrics})."
-             " The test split is not read.", "",
-             "| depth | lr | " + " | ".join(tasks) + " | mean |", "| --- | --- |" + " --- |" * (len(tasks) + 1)]
+             f"{report['settings']['batch_size']}), precision {report['precision']}; dev score of the kept checkpoint "
+             f"({metrics}), the mean over the seeds run (how many: `seeds`; with several, the worst seed in "
+             "brackets). The test split is not read.", "",
+             "| depth | lr | seeds | " + " | ".join(tasks) + " | mean |",
+             "| --- | --- | --- |" + " --- |" * (len(tasks) + 1)]
     for depth, row in GRID.items():
         for lr in row.rates:
-            devs = [next(r["dev"] for r in t["rows"][depth]["runs"] if r["lr"] == lr) for t in report["tasks"]]
-            mark = " **best**" if report["best"][depth]["lr"] == lr else ""
-            lines.append(f"| {depth} | {lr:g}{mark} | " + " | ".join(f"{100 * d:.1f}" for d in devs)
-                         + f" | {100 * sum(devs) / len(devs):.1f} |")
+            devs = [dev_of(t, depth, lr) for t in report["tasks"]]
+            if not all(devs):
+                continue
+            mark = " **best**" if report["best"].get(depth, {}).get("lr") == lr else ""
+            cells = [f"{100 * sum(d) / len(d):.1f}" + (f" ({100 * min(d):.1f})" if len(d) > 1 else "") for d in devs]
+            seeds = "/".join(sorted({str(len(d)) for d in devs}))
+            lines.append(f"| {depth} | {lr:g}{mark} | {seeds} | " + " | ".join(cells)
+                         + f" | {100 * sum(sum(d) / len(d) for d in devs) / len(devs):.1f} |")
     norms = report["hidden_norms"]
     lines += ["", "Median hidden-state norm at a layer's input (SmolLM2 tokens of an MR sentence): "
               + ", ".join(f"layer {i} {n:g}" for i, n in enumerate(norms) if i % 5 == 0 or i == len(norms) // 2) + ".",
@@ -142,7 +170,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="mr,cb")
     parser.add_argument("--budget", choices=list(BUDGETS), default="small")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="training seeds, separated by commas")
+    parser.add_argument("--rates", default="", help="only these learning rates of the rows run (separated by ,)")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--rows", default="", help="only these rows (separated by ;), merged into the results "
@@ -152,10 +181,12 @@ def main() -> None:
     budget = BUDGETS[args.budget]
     backbone = load_backbone(args.model, precision=args.precision)
     started = time.time()
-    results = [sweep_task(name, backbone, budget, args.seed, Reference(), only) for name in args.tasks.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rates = [float(r) for r in args.rates.split(",")] if args.rates else None
+    results = [sweep_task(name, backbone, budget, seeds, Reference(), only, rates) for name in args.tasks.split(",")]
     if only:
         results = merged(results, args, backbone.precision)
-    report = {"budget": args.budget, "settings": budget, "seed": args.seed, "model": args.model,
+    report = {"budget": args.budget, "settings": budget, "model": args.model,
               "precision": backbone.precision, "command": "python benchmarks/depth_lr.py " + " ".join(sys.argv[1:]),
               "seconds": round(time.time() - started, 1), "tasks": results, "best": best_rates(results),
               "hidden_norms": hidden_norms(backbone, "the movie was a delight from start to finish, and the actors "
