@@ -42,6 +42,8 @@ SPACE_LATE = (0.33, 0.75)         # a late prompt's layer, as fractions of the m
 SPACE_DEPTH_LR = {"all": (1e-4, 3e-2), "late": (3e-3, 3e-1)}  # the lr ranges of deeper prompts (depth_lr.py:
 # every layer peaked at 3e-3 like the input, a late prompt at 3e-2 to 1e-1: a range per depth, not a step scaled by
 # the hidden-state norm, which grows 57-fold by layer 15 of SmolLM2)
+RESTARTS = 1                      # a run that gives one answer to all of dev is trained again this often from a fresh
+                                  # seed (benchmarks/depth_lr.py: late prompts fall into that on some seeds, not others)
 SCREEN_KEEP = 4                   # screened candidates that become the study's `words` choice
 SCREEN_EXAMPLES = 256             # at most this many train (and dev) examples in the zero-shot screen
 AUTO_WORDS_PER_CLASS = 5          # automatic label words: candidates per class ...
@@ -54,14 +56,16 @@ DERIVED_MAX_LENGTH = 256          # a derived space's input budget when no token
 @dataclass(frozen=True)
 class Budget:
     """Per trial: optimizer steps, dev evaluation every k steps (a pruning checkpoint), batch size, input tokens,
-    patience: stop once dev has not improved for that many evaluations (0: off), and eval_examples: how many dev
-    examples (a fixed choice) those evaluations score, the kept prompt being scored on all of dev (0: all)."""
+    patience: stop once dev has not improved for that many evaluations (0: off), eval_examples: how many dev
+    examples (a fixed choice) those evaluations score, the kept prompt being scored on all of dev (0: all), and
+    restarts: how often a run whose prompt gives one answer to all of dev is trained again from a fresh seed."""
     steps: int = 100
     eval_every: int = 10
     batch_size: int = 8
     max_length: int = 256
     patience: int = 0
     eval_examples: int = 0
+    restarts: int = RESTARTS
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,7 @@ class TrainConfig:
     eval_batch_size: int = 32
     patience: int = 0  # stop once dev has not improved for this many evaluations (0: never)
     eval_examples: int = 0  # dev examples scored at each evaluation (a fixed choice; 0: all); see trainer.train
+    restarts: int = RESTARTS  # see runner.fit
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -175,5 +180,5 @@ def configs(plan: Plan, budget: Budget, seed: int) -> tuple[PromptConfig, TrainC
                           verbalizer=plan.verbalizer, calibrate=plan.calibrate, filler=plan.filler)
     train = TrainConfig(steps=budget.steps, batch_size=budget.batch_size, lr=plan.lr,
                         eval_every=min(budget.eval_every, budget.steps), patience=budget.patience,
-                        eval_examples=budget.eval_examples, seed=seed)
+                        eval_examples=budget.eval_examples, restarts=budget.restarts, seed=seed)
     return prompt, train

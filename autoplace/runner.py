@@ -4,6 +4,7 @@ Shared by `autoplace train`, every search trial and `autoplace export`, so all t
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ class PromptRun:
     featurizer: Featurizer
     model: PromptedModel
     data_dir: str | None = None
+    init_state: dict | None = None  # the weights it started from (a continued prompt); None: its init
 
     def items(self, split: str):
         return self.featurizer.encode_all(self.task.load_split(split, self.data_dir))
@@ -60,12 +62,34 @@ def prepare(task: Task, backbone: Backbone, prompt: PromptConfig, data_dir: str 
             raise AutoplaceError("the starting prompt's weights do not fit this template/encoder "
                                  "(pass --fresh to start from scratch)") from None
     refresh_calibration(model)
-    return PromptRun(featurizer.task, backbone, prompt, featurizer, model, data_dir)  # the task with the prompt's words
+    return PromptRun(featurizer.task, backbone, prompt, featurizer, model, data_dir,  # the task with its words
+                     init_state)
+
+
+RESTART_SEED = 1000  # restart k trains with seed + k * RESTART_SEED
 
 
 def fit(run: PromptRun, cfg: TrainConfig, callback=None, progress: bool | None = None) -> TrainResult:
-    """Train on train and select on dev; the test split is not touched here."""
-    return train(run.model, run.task, run.items("train"), run.items("dev"), cfg, callback, progress)
+    """Train on train and select on dev; the test split is not touched here.
+
+    A run that finishes with a prompt giving one answer to every dev example (the way a prompt that took too large
+    a step falls over, on some seeds and not others) is trained again from a fresh seed, up to cfg.restarts times,
+    and dev keeps the best; `run` then holds the kept prompt. A restart runs to the end without the callback: the
+    pruner already let the first run finish, and its steps were reported."""
+    result = train(run.model, run.task, run.items("train"), run.items("dev"), cfg, callback, progress)
+    restarts = 0
+    while result.one_answer and not result.stopped_early and restarts < cfg.restarts and run.model.encoder.n_tokens:
+        restarts += 1
+        seed = cfg.seed + restarts * RESTART_SEED
+        again = prepare(run.task, run.backbone, dataclasses.replace(run.prompt, seed=seed), run.data_dir,
+                        run.init_state)
+        retried = train(again.model, again.task, again.items("train"), again.items("dev"),  # an init filler moves
+                        dataclasses.replace(cfg, seed=seed), None, progress)
+        if (not retried.one_answer, retried.dev[run.task.primary_metric]) > \
+                (not result.one_answer, result.dev[run.task.primary_metric]):
+            result = retried
+            run.prompt, run.featurizer, run.model = again.prompt, again.featurizer, again.model
+    return dataclasses.replace(result, restarts=restarts)
 
 
 def metadata(run: PromptRun, cfg: TrainConfig, result: TrainResult, test: dict | None,
@@ -73,7 +97,8 @@ def metadata(run: PromptRun, cfg: TrainConfig, result: TrainResult, test: dict |
     return {
         "template": run.prompt.template, "task": run.task.name, "task_file": run.task.file,
         "model": run.backbone.name, "backbone": run.backbone.signature(), "precision": run.backbone.precision,
-        "verbalizer": run.task.verbalizer, "prompt": run.prompt.to_dict(), "train": cfg.to_dict(),
+        "verbalizer": run.task.verbalizer, "prompt": run.prompt.to_dict(),
+        "train": {**cfg.to_dict(), "seed": result.seed}, "restarts": result.restarts,  # the seed of the run kept
         "data_dir": str(Path(run.data_dir).resolve()) if run.data_dir else None,  # where eval finds the splits
         "steps": result.steps_done, "best_step": result.best_step, "dev": result.dev, "test": test,
         "train_seconds": round(result.train_seconds, 3), **calibration_meta(run), **(extra or {}),

@@ -33,6 +33,8 @@ class TrainResult:
     out_of_patience: bool = False  # dev stopped improving: a finished run, trained for fewer steps
     predictions: list = field(default_factory=list)  # the kept prompt's answers behind `dev`, one per item scored
     gold_answers: int = 0          # distinct right answers among those items
+    seed: int = 0                  # the seed of the run kept (runner.fit may restart with another)
+    restarts: int = 0              # how many times runner.fit trained it again
 
     @property
     def one_answer(self) -> bool:
@@ -104,7 +106,7 @@ def train(model: PromptedModel, task: Task, train_items: list[Encoded], dev_item
         dev, predicted = evaluate(model, task, dev_items, cfg.eval_batch_size)  # a finished prompt: on all of dev
         scored = dev_items
     return TrainResult(dev, best[1], step if params else 0, seconds, history, losses, stopped, out_of_patience,
-                       predicted, len({item.label for item in scored}))
+                       predicted, len({item.label for item in scored}), cfg.seed)
 
 
 def _groups(items: list[Encoded]) -> list | None:

@@ -91,7 +91,7 @@ def sweep_task(name: str, backbone, budget: dict, seeds: list[int], reference: R
                 result = fit(run, cfg, progress=False)
                 rows.setdefault(depth, {"template": template, "encoder": plan.encoder, "runs": []})["runs"].append(
                     {"lr": lr, "seed": seed, "dev": result.dev[task.primary_metric],
-                     "train_seconds": round(result.train_seconds, 1)})
+                     "train_seconds": round(result.train_seconds, 1), "restarts": result.restarts})
                 print(f"== {name} {depth} lr {lr:g} seed {seed}: dev {result.dev[task.primary_metric]:.3f} "
                       f"({result.train_seconds:.0f} s)", flush=True)
     return {"task": name, "metric": task.primary_metric, "rows": rows}

@@ -106,7 +106,8 @@ def train_row(task, backbone, data_dir, plan: Plan, seed, budget) -> dict:
     result = fit(run, cfg, progress=False)
     test = run.evaluate("test")
     return {"seed": seed, "dev": result.dev[task.primary_metric], "test": test[task.primary_metric],
-            "test_metrics": test, "train_seconds": round(result.train_seconds, 2), "steps": result.steps_done}
+            "test_metrics": test, "train_seconds": round(result.train_seconds, 2), "steps": result.steps_done,
+            "restarts": result.restarts}
 
 
 def plan_of(meta: dict) -> Plan:
@@ -224,13 +225,28 @@ def markdown(results: list[dict], budget_name: str, seeds: list[int]) -> str:
                   + "; ".join(f"{task} {v['word']} ({v['difference']:+.3f}, {v['interval'][0]:+.3f} to "
                               f"{v['interval'][1]:+.3f}), exported the {v['exported']}" for task, v in verdicts)
                   + ". Columns without it ran before the verdict existed.", ""]
-    lines += ["Templates:", ""]
+    lines += [restarts_line(results), "", "Templates:", ""]
     for r in results:
         for row, x in r["rows"].items():
             words = f" {x['verbalizer']}" if x.get("verbalizer") else ""
             calibrated = ", calibrated" if x.get("calibrate") else ""
             lines.append(f"- {r['task']} / {row}: `{x['template']!r}`{words}{calibrated}")
     return "\n".join(lines)
+
+
+def restarts_line(results: list[dict]) -> str:
+    """How many runs runner.fit restarted (a prompt giving one answer to all of dev, trained again from a fresh seed),
+    per column, and which columns' rows ran before restarts existed."""
+    counts, older = [], []
+    for r in results:
+        runs = [run for row in r["rows"].values() for run in row.get("runs", [])]
+        if runs and all("restarts" in run for run in runs):
+            counts.append(f"{r['task']} {sum(run['restarts'] > 0 for run in runs)} of {len(runs)}")
+        else:
+            older.append(r["task"])
+    return ("Runs restarted (a prompt that gave one answer to all of dev, trained again from a fresh seed, dev keeping "
+            "the better): " + (", ".join(counts) or "none of these columns") + "."
+            + (f" Rows of {', '.join(older)} (or some of them) ran before restarts existed." if older else ""))
 
 
 def merged_columns(earlier: dict, results: list[dict]) -> list[dict]:
