@@ -160,3 +160,89 @@ def test_evaluations_during_training_score_a_fixed_dev_subset_and_the_kept_promp
     train(model, task, items, grouped, TrainConfig(steps=2, eval_every=2, eval_examples=6), progress=False)
     kept = {item.group for item in grouped if id(item) in scored[0]}
     assert len(kept) == 1 and len(scored[0]) == 4  # one whole question: two would be 8 options, more than 6
+
+
+# -- restarts: a run whose prompt gives one answer to all of dev is trained again from a fresh seed ------------------
+def one_answer_on(seeds, dev_of=None):
+    """The real training loop, but the runs of these seeds are made to give one answer to all of dev (at the dev
+    score dev_of(seed) when given) and those of other seeds two: which seeds fall over is scripted, so the test
+    does not hang on where a tiny model's training happens to land on this CPU."""
+    from autoplace import trainer
+
+    def train(model, task, train_items, dev_items, cfg, callback=None, progress=None):
+        result = trainer.train(model, task, train_items, dev_items, cfg, callback, progress)
+        n = len(result.predictions)
+        if cfg.seed not in seeds:
+            return dataclasses.replace(result, predictions=[i % 2 for i in range(n)])
+        dev = {**result.dev, task.primary_metric: dev_of(cfg.seed)} if dev_of else result.dev
+        return dataclasses.replace(result, predictions=[0] * n, dev=dev)
+    return train
+
+
+def late_run(tiny_gpt2, toy_task_file, **prompt):
+    from autoplace.config import PromptConfig
+    from autoplace.runner import prepare
+    from autoplace.tasks import get_task
+    return prepare(get_task(str(toy_task_file)), tiny_gpt2,
+                   PromptConfig("{sentence} It was [P:2@1] [MASK]", encoder="mlp", filler="init", **prompt))
+
+
+RESTART_CFG = TrainConfig(steps=6, eval_every=3, lr=0.05, restarts=1, seed=0)
+
+
+def test_a_one_answer_run_is_trained_again_from_a_fresh_seed_and_exports_the_prompt_it_kept(
+        tiny_gpt2, toy_task_file, monkeypatch, tmp_path):
+    """The restart is a real run of another seed: the same dev, weights and filler as training that seed directly;
+    its artifact names that seed and loads back to the same dev score (the init filler moved with the seed)."""
+    from autoplace import runner
+    run = late_run(tiny_gpt2, toy_task_file)
+    first_model, first_filler = run.model, list(run.featurizer.filler_ids)
+    monkeypatch.setattr(runner, "train", one_answer_on({0}))
+    result = runner.fit(run, RESTART_CFG, progress=False)
+    assert (result.restarts, result.seed, run.prompt.seed) == (1, runner.RESTART_SEED, runner.RESTART_SEED)
+    assert run.model is not first_model and not result.one_answer
+    assert run.featurizer.filler_ids != first_filler  # the init tokens of the new seed, below the prompt's layer
+
+    direct = late_run(tiny_gpt2, toy_task_file, seed=runner.RESTART_SEED)
+    by_hand = runner.fit(direct, dataclasses.replace(RESTART_CFG, seed=runner.RESTART_SEED, restarts=0))
+    assert result.dev == by_hand.dev and direct.featurizer.filler_ids == run.featurizer.filler_ids
+    assert result.history == by_hand.history and result.losses == by_hand.losses
+    for name, weight in run.model.encoder.state_dict().items():
+        assert torch.equal(weight, direct.model.encoder.state_dict()[name]), name
+
+    meta = runner.metadata(run, RESTART_CFG, result, None)
+    assert (meta["train"]["seed"], meta["prompt"]["seed"], meta["restarts"]) == (runner.RESTART_SEED,) * 2 + (1,)
+    loaded, _ = runner.load(runner.export(tmp_path / "kept", run, meta))
+    assert loaded.evaluate("dev")["acc"] == pytest.approx(result.dev["acc"])
+
+
+@pytest.mark.parametrize("restarts, first_dev, again_dev, kept_seed", [
+    (0, 0.5, 0.9, 0),                       # restarts off: the one-answer run stays
+    (1, 0.75, 0.5, 0),                      # both one answer: dev keeps the better, the first
+    (1, 0.5, 0.75, 1000),                   # both one answer: the restart (seed + 1000) scored better
+    (2, 0.5, 0.5, 0),                       # ties keep the first; two restarts tried, neither better
+])
+def test_restarts_keep_the_better_run_by_dev(tiny_gpt2, toy_task_file, monkeypatch, restarts, first_dev, again_dev,
+                                             kept_seed):
+    from autoplace import runner
+    run = late_run(tiny_gpt2, toy_task_file)
+    first_model = run.model
+    devs = {0: first_dev, 1000: again_dev, 2000: again_dev}
+    monkeypatch.setattr(runner, "train", one_answer_on(set(devs), devs.get))
+    result = runner.fit(run, dataclasses.replace(RESTART_CFG, restarts=restarts), progress=False)
+    assert (result.restarts, result.seed, result.dev["acc"]) == (restarts, kept_seed, devs[kept_seed])
+    assert (run.model is first_model) == (kept_seed == 0) and run.prompt.seed == kept_seed and result.one_answer
+
+
+def test_a_pruned_or_healthy_run_is_not_restarted_and_a_restart_does_not_report_to_the_pruner(
+        tiny_gpt2, toy_task_file, monkeypatch):
+    from autoplace import runner
+    monkeypatch.setattr(runner, "train", one_answer_on({0}))
+    seen = []
+    stopped = runner.fit(late_run(tiny_gpt2, toy_task_file), RESTART_CFG, lambda step, _: seen.append(step) and False)
+    assert stopped.stopped_early and stopped.restarts == 0 and seen == [3]
+    seen.clear()
+    restarted = runner.fit(late_run(tiny_gpt2, toy_task_file), RESTART_CFG, lambda step, _: seen.append(step) or True)
+    assert restarted.restarts == 1 and seen == [3, 6]  # the first run's dev steps only
+    healthy = runner.fit(late_run(tiny_gpt2, toy_task_file, seed=5), dataclasses.replace(RESTART_CFG, seed=5))
+    assert healthy.restarts == 0 and healthy.seed == 5
