@@ -48,6 +48,9 @@ def test_search_runs_n_trials_and_writes_best_and_report(capsys, toy_task_file, 
     for plot in ("history", "curves", "score_vs_cost"):
         assert (out / f"{plot}.png").stat().st_size > 1000
     assert (out / "trials.csv").read_text().count("\n") == 8
+    restarted = [t.number for t in trials if t.state == TrialState.COMPLETE and t.user_attrs["restarts"]]
+    assert (f"{len(restarted)} completed trial(s) gave one answer to every dev example and were trained again"
+            in report) == bool(restarted)
 
 
 @pytest.mark.parametrize("pruner", ["median", "wilcoxon"])
@@ -197,6 +200,7 @@ def test_the_winner_is_tested_on_the_backbone_and_precision_its_trials_ran_on(mo
     ('skeleton: "<a> {sentence} [MASK]"\nbudget: {stepz: 3}\n', "key 'budget.stepz' is not a known key"),
     ('skeleton: "<a> {sentence} [MASK]"\nbudget: {eval_examples: -1}\n',
      "key 'budget.eval_examples' must be 0 or more"),
+    ('skeleton: "<a> {sentence} [MASK]"\nbudget: {restarts: -1}\n', "key 'budget.restarts' must be 0 or more"),
     ('skeleton: "<a> {sentence} [MASK]"\nslots: 3\n', "key 'slots' must be a mapping with min and max"),
     ('skeleton: "<a> {sentence [MASK]"\n', "key 'skeleton' is not a valid template"),
     ("skeleton: [unclosed\n", "not valid YAML"),
@@ -359,6 +363,15 @@ def test_a_new_study_queues_the_references_first_then_exactly_n_trials(space_fil
     assert len(open_study(cfg, objective).get_trials()) == 6  # a second worker joins: the budget stays N
     trials = open_study(dataclasses.replace(cfg, n_trials=9), objective).get_trials()
     assert [t.user_attrs.get("reference") for t in trials] == references + [None] * 5
+
+
+def test_restarts_are_a_space_key_every_trial_trains_with_and_zero_turns_them_off(tmp_path):
+    from autoplace.config import RESTARTS, Plan, configs
+    space = tmp_path / "space.yaml"
+    space.write_text('skeleton: "<start> {sentence} It was [MASK]"\nbudget: {steps: 6, eval_every: 2, restarts: 0}\n')
+    assert configs(Plan("{sentence} [MASK]"), load_space(str(space)).budget, 0)[1].restarts == 0
+    space.write_text('skeleton: "<start> {sentence} It was [MASK]"\nbudget: {steps: 6, eval_every: 2}\n')
+    assert configs(Plan("{sentence} [MASK]"), load_space(str(space)).budget, 0)[1].restarts == RESTARTS == 1
 
 
 def test_patience_is_a_space_key_that_the_command_line_overrides_and_every_trial_trains_with(tmp_path, toy_task_file,

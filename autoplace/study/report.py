@@ -155,6 +155,10 @@ def write_report(study: optuna.Study, out: str | Path, top: int = 10) -> Path:
                      f"{t.params.get('encoder', '–')} | {t.params.get('init', '–')} | {_fmt(t.value)}"
                      f"{' (one answer)' if t.user_attrs.get('one_answer') else ''} | "
                      f"{_fmt(t.user_attrs.get('train_seconds'), 1)} |")
+    restarted = sum(bool(t.user_attrs.get("restarts")) for t in complete)
+    if restarted:
+        lines += ["", f"{restarted} completed trial(s) gave one answer to every dev example and were trained again "
+                      "from a fresh seed (`budget.restarts`); each keeps the better of its runs by dev."]
     degenerate = sum(bool(t.user_attrs.get("one_answer")) for t in complete)
     if degenerate:
         lines += ["", f"{degenerate} completed trial(s) gave one answer to every dev example, though dev has "

@@ -318,7 +318,7 @@ def _section(spec: dict, key: str, cls):
 KNOWN_KEYS = {"task", "skeleton", "templates", "places", "slots", "length", "init", "encoder", "lr", "budget",
               "reference", "description", "verbalizers", "calibrate", "screen", "auto_verbalizer", "depth",
               "late_layers", "depth_lr"}
-ZERO_MEANS_OFF = {"patience", "eval_examples"}  # budget keys for which 0 means "not used"
+ZERO_MEANS_OFF = {"patience", "eval_examples", "restarts"}  # budget keys for which 0 means "not used"
 SCREEN_KEYS = {"keep": SCREEN_KEEP, "examples": SCREEN_EXAMPLES}
 AUTO_KEYS = {"k": AUTO_WORDS_PER_CLASS, "n": AUTO_WORD_SETS}
 

@@ -106,6 +106,7 @@ class Objective:
         trial.set_user_attr("steps", result.steps_done)
         trial.set_user_attr("dev", result.dev)
         trial.set_user_attr("one_answer", result.one_answer)  # ranked below every trial that is not (trials.py)
+        trial.set_user_attr("restarts", result.restarts)
         if result.stopped_early:
             trial.set_user_attr("reason", f"pruned at step {result.steps_done}")
             raise optuna.TrialPruned()
