@@ -151,7 +151,8 @@ def _train_one(task, text: str, source_meta: dict | None, source_dir: str | None
     meta = metadata(run, cfg, result, test, {"started_from": source_dir if init_state else None})
     export(out, run, meta)
     return run, {"out": str(out), "template": prompt.template, "dev": result.dev, "test": test,
-                 "steps": result.steps_done, "train_seconds": round(result.train_seconds, 2),
+                 "steps": result.steps_done, "restarts": result.restarts,
+                 "train_seconds": round(result.train_seconds, 2),
                  "seconds_per_step": round(result.train_seconds / max(result.steps_done, 1), 4), "meta": meta}
 
 
