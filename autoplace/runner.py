@@ -74,10 +74,11 @@ def fit(run: PromptRun, cfg: TrainConfig, callback=None, progress: bool | None =
 
     A run that finishes with a prompt giving one answer to every dev example (the way a prompt that took too large
     a step falls over, on some seeds and not others) is trained again from a fresh seed, up to cfg.restarts times,
-    and dev keeps the best; `run` then holds the kept prompt. A restart runs to the end without the callback: the
-    pruner already let the first run finish, and its steps were reported."""
+    and dev keeps the best; `run` then holds the kept prompt, and train_seconds counts every run (what it cost). A
+    restart runs to the end without the callback: the pruner already let the first run finish, and its steps were
+    reported."""
     result = train(run.model, run.task, run.items("train"), run.items("dev"), cfg, callback, progress)
-    restarts = 0
+    restarts, seconds = 0, result.train_seconds
     while result.one_answer and not result.stopped_early and restarts < cfg.restarts and run.model.encoder.n_tokens:
         restarts += 1
         seed = cfg.seed + restarts * RESTART_SEED
@@ -85,11 +86,12 @@ def fit(run: PromptRun, cfg: TrainConfig, callback=None, progress: bool | None =
                         run.init_state)
         retried = train(again.model, again.task, again.items("train"), again.items("dev"),  # an init filler moves
                         dataclasses.replace(cfg, seed=seed), None, progress)
+        seconds += retried.train_seconds
         if (not retried.one_answer, retried.dev[run.task.primary_metric]) > \
                 (not result.one_answer, result.dev[run.task.primary_metric]):
             result = retried
             run.prompt, run.featurizer, run.model = again.prompt, again.featurizer, again.model
-    return dataclasses.replace(result, restarts=restarts)
+    return dataclasses.replace(result, restarts=restarts, train_seconds=seconds)
 
 
 def metadata(run: PromptRun, cfg: TrainConfig, result: TrainResult, test: dict | None,

@@ -171,11 +171,13 @@ def one_answer_on(seeds, dev_of=None):
 
     def train(model, task, train_items, dev_items, cfg, callback=None, progress=None):
         result = trainer.train(model, task, train_items, dev_items, cfg, callback, progress)
+        train.seconds.append(result.train_seconds)
         n = len(result.predictions)
         if cfg.seed not in seeds:
             return dataclasses.replace(result, predictions=[i % 2 for i in range(n)])
         dev = {**result.dev, task.primary_metric: dev_of(cfg.seed)} if dev_of else result.dev
         return dataclasses.replace(result, predictions=[0] * n, dev=dev)
+    train.seconds = []
     return train
 
 
@@ -197,8 +199,9 @@ def test_a_one_answer_run_is_trained_again_from_a_fresh_seed_and_exports_the_pro
     from autoplace import runner
     run = late_run(tiny_gpt2, toy_task_file)
     first_model, first_filler = run.model, list(run.featurizer.filler_ids)
-    monkeypatch.setattr(runner, "train", one_answer_on({0}))
+    monkeypatch.setattr(runner, "train", scripted := one_answer_on({0}))
     result = runner.fit(run, RESTART_CFG, progress=False)
+    assert len(scripted.seconds) == 2 and result.train_seconds == pytest.approx(sum(scripted.seconds))  # both cost
     assert (result.restarts, result.seed, run.prompt.seed) == (1, runner.RESTART_SEED, runner.RESTART_SEED)
     assert run.model is not first_model and not result.one_answer
     assert run.featurizer.filler_ids != first_filler  # the init tokens of the new seed, below the prompt's layer
