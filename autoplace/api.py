@@ -75,9 +75,9 @@ def train(task: str | None = None, template: str | None = None, out: str | Path 
           data_dir: str | None = None, model: str | None = None, device: str | None = None,
           precision: str | None = None, trust_remote_code: bool = False, steps: int | None = None,
           batch_size: int | None = None, lr: float | None = None, eval_every: int | None = None,
-          max_length: int | None = None, seed: int | None = None, encoder: str | None = None,
-          init: str | None = None, init_words: str | None = None, verbalizer: dict | None = None,
-          calibrate: bool | None = None, fresh: bool = False, overwrite: bool = False) -> Artifact:
+          max_length: int | None = None, seed: int | None = None, restarts: int | None = None,
+          encoder: str | None = None, init: str | None = None, init_words: str | None = None,
+          verbalizer: dict | None = None, calibrate: bool | None = None, fresh: bool = False, overwrite: bool = False) -> Artifact:
     """Train one template's prompt (train trains, dev picks the checkpoint, test is only reported) and export it
     to `out`. `template` is text, a file holding it, or an exported artifact to continue from (an ensemble's
     members each continue); from an artifact, every setting left None is the artifact's (REUSED), the others
@@ -96,8 +96,8 @@ def train(task: str | None = None, template: str | None = None, out: str | Path 
     text, source_meta, source_dir = template_source(template, task)
     options = dict(data_dir=data_dir, model=model, device=device, precision=precision,
                    trust_remote_code=trust_remote_code, steps=steps, batch_size=batch_size, lr=lr,
-                   eval_every=eval_every, max_length=max_length, seed=seed, encoder=encoder, init=init,
-                   init_words=init_words, verbalizer=verbalizer, calibrate=calibrate, fresh=fresh)
+                   eval_every=eval_every, max_length=max_length, seed=seed, restarts=restarts, encoder=encoder,
+                   init=init, init_words=init_words, verbalizer=verbalizer, calibrate=calibrate, fresh=fresh)
     if not (source_meta and ensemble.is_ensemble(source_meta)):
         run, summary = _train_one(task, text, source_meta, source_dir, out, **options)
         return Artifact(Path(out), summary.pop("meta"), run, summary)
@@ -117,8 +117,8 @@ def train(task: str | None = None, template: str | None = None, out: str | Path 
 
 
 def _train_one(task, text: str, source_meta: dict | None, source_dir: str | None, out, *, data_dir, model, device,
-               precision, trust_remote_code, steps, batch_size, lr, eval_every, max_length, seed, encoder, init,
-               init_words, verbalizer, calibrate, fresh) -> tuple:
+               precision, trust_remote_code, steps, batch_size, lr, eval_every, max_length, seed, restarts, encoder,
+               init, init_words, verbalizer, calibrate, fresh) -> tuple:
     """Train, test (reported only) and export one prompt; (the run, its summary with its metadata under "meta")."""
     from . import artifact
     from .backbones import load_backbone
@@ -127,7 +127,8 @@ def _train_one(task, text: str, source_meta: dict | None, source_dir: str | None
     from .runner import export, fit, metadata, prepare
     previous = (source_meta or {}).get("prompt", {})
     s = reused_settings(source_meta, source_dir, dict(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
-                                                      max_length=max_length, seed=seed, encoder=encoder, init=init))
+                                                      max_length=max_length, seed=seed, restarts=restarts,
+                                                      encoder=encoder, init=init))
     words = (tuple(w for w in init_words.split(",") if w.strip()) if isinstance(init_words, str)
              else tuple(init_words or ()))
     plan = Plan(text, encoder=s["encoder"], init=s["init"], lr=s["lr"], init_words=words,
@@ -135,7 +136,8 @@ def _train_one(task, text: str, source_meta: dict | None, source_dir: str | None
                 calibrate=previous.get("calibrate", False) if calibrate is None else calibrate,
                 filler=previous.get("filler", FILLER))  # a continued prompt keeps the filler it was trained with
     check_words(task, plan)  # bad label words fail before the backbone loads
-    prompt, cfg = configs(plan, Budget(s["steps"], s["eval_every"], s["batch_size"], s["max_length"]), s["seed"])
+    prompt, cfg = configs(plan, Budget(s["steps"], s["eval_every"], s["batch_size"], s["max_length"],
+                                         restarts=s["restarts"]), s["seed"])
     backbone = load_backbone(model or (source_meta or {}).get("model") or DEFAULT_MODEL, device, trust_remote_code,
                              precision or (source_meta or {}).get("precision") or PRECISION)
     init_state = None
@@ -164,7 +166,8 @@ def reused_settings(source_meta: dict | None, source_dir: str | None, given: dic
     """Each training setting: as given, else the artifact's (REUSED ones), else config.py's default; one line says
     what came from the artifact, so a continued prompt trains as it was trained unless a flag says otherwise."""
     from .config import ENCODER, INIT, Budget, TrainConfig
-    defaults = {**{k: getattr(TrainConfig, k) for k in ("steps", "batch_size", "lr", "eval_every", "seed")},
+    defaults = {**{k: getattr(TrainConfig, k) for k in ("steps", "batch_size", "lr", "eval_every", "seed",
+                                                                  "restarts")},
                 "max_length": Budget.max_length, "encoder": ENCODER, "init": INIT}
     settings, taken = {}, []
     for name, value in given.items():

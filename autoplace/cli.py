@@ -41,14 +41,14 @@ class _Parser(argparse.ArgumentParser):
         raise AutoplaceError(f"{self.prog}: {message}")
 
 
-def _positive(kind):
+def _positive(kind, zero_allowed: bool = False):
     def check(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+        if value < 0 if zero_allowed else value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'0 or more' if zero_allowed else 'positive'}")
         return value
     return check
 
@@ -95,6 +95,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, type=_positive(kind), default=None,
                        help=f"default: {default:g}" + (", or the artifact's" if reused else ""))
     p.add_argument("--seed", type=int, default=None, help=f"default: {defaults.seed}")
+    p.add_argument("--restarts", type=_positive(int, zero_allowed=True), default=None,
+                   help=f"train a prompt that gives one answer to all of dev again from a fresh seed, up to this "
+                        f"often; 0: never (default: {defaults.restarts})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,7 +183,7 @@ def cmd_train(args) -> None:
 
 
 TRAIN_OPTIONS = ("data_dir", "model", "device", "precision", "trust_remote_code", "steps", "batch_size", "lr",
-                 "eval_every", "max_length", "seed", "encoder", "init", "init_words", "verbalizer", "calibrate",
+                 "eval_every", "max_length", "seed", "restarts", "encoder", "init", "init_words", "verbalizer", "calibrate",
                  "fresh", "overwrite")
 LOAD_OPTIONS = ("data_dir", "model", "device", "precision", "trust_remote_code")
 

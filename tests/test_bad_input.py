@@ -208,6 +208,8 @@ CASES = {
                              "has no trial 99"),
     # CLI arguments
     "cli steps zero": (lambda r, t: train(t, _task(r, t), "--steps", "0"), "argument --steps: '0' must be positive"),
+    "cli restarts negative": (lambda r, t: train(t, _task(r, t), "--restarts", "-1"),
+                              "argument --restarts: '-1' must be 0 or more"),
     "cli bad encoder": (lambda r, t: train(t, _task(r, t), "--encoder", "gru"), "invalid choice: 'gru'"),
     "cli unknown task": (lambda r, t: train(t, "nope"), "unknown task 'nope'"),
     "cli missing --out": (lambda r, t: ["train", "--task", "cb"], "the following arguments are required: --out"),

@@ -1,5 +1,6 @@
 """The training loop: dev selects, callbacks and pruning, patience, seeds, a frozen backbone."""
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -249,3 +250,18 @@ def test_a_pruned_or_healthy_run_is_not_restarted_and_a_restart_does_not_report_
     assert restarted.restarts == 1 and seen == [3, 6]  # the first run's dev steps only
     healthy = runner.fit(late_run(tiny_gpt2, toy_task_file, seed=5), dataclasses.replace(RESTART_CFG, seed=5))
     assert healthy.restarts == 0 and healthy.seed == 5
+
+
+@pytest.mark.parametrize("flag, restarts", [([], 1), (["--restarts", "0"], 0), (["--restarts", "2"], 2)])
+def test_autoplace_train_restarts_flag_sets_how_often_a_one_answer_run_trains_again(
+        toy_task_file, tmp_path, monkeypatch, capsys, flag, restarts):
+    from autoplace import runner
+    from autoplace.cli import main
+    monkeypatch.setattr(runner, "train", one_answer_on({0, 1000, 2000}))  # every seed falls over
+    out = tmp_path / "art"
+    assert main(["train", "--task", str(toy_task_file), "--model", "tiny-gpt2", "--template",
+                 "[P:2] {sentence} It was [MASK]", "--steps", "2", "--eval-every", "1", "--out", str(out), *flag]) == 0
+    meta = json.loads((out / "template.json").read_text())
+    assert json.loads(capsys.readouterr().out)["restarts"] == meta["restarts"] == restarts
+    assert meta["train"]["restarts"] == restarts
+
