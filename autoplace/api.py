@@ -77,7 +77,8 @@ def train(task: str | None = None, template: str | None = None, out: str | Path 
           batch_size: int | None = None, lr: float | None = None, eval_every: int | None = None,
           max_length: int | None = None, seed: int | None = None, restarts: int | None = None,
           encoder: str | None = None, init: str | None = None, init_words: str | None = None,
-          verbalizer: dict | None = None, calibrate: bool | None = None, fresh: bool = False, overwrite: bool = False) -> Artifact:
+          verbalizer: dict | None = None, calibrate: bool | None = None, fresh: bool = False,
+          overwrite: bool = False) -> Artifact:
     """Train one template's prompt (train trains, dev picks the checkpoint, test is only reported) and export it
     to `out`. `template` is text, a file holding it, or an exported artifact to continue from (an ensemble's
     members each continue); from an artifact, every setting left None is the artifact's (REUSED), the others

@@ -183,8 +183,8 @@ def cmd_train(args) -> None:
 
 
 TRAIN_OPTIONS = ("data_dir", "model", "device", "precision", "trust_remote_code", "steps", "batch_size", "lr",
-                 "eval_every", "max_length", "seed", "restarts", "encoder", "init", "init_words", "verbalizer", "calibrate",
-                 "fresh", "overwrite")
+                 "eval_every", "max_length", "seed", "restarts", "encoder", "init", "init_words", "verbalizer",
+                 "calibrate", "fresh", "overwrite")
 LOAD_OPTIONS = ("data_dir", "model", "device", "precision", "trust_remote_code")
 
 

@@ -2,9 +2,10 @@
 
 On FewGLUE's 32 dev examples most of a search's trials are tied with its winner (inside the winner's 90% bootstrap
 interval on dev): the placement study's CB search at 40 steps had 5 such trials, and exported one that scored 60.1
-on test where a fixed placement it had also trained scored 70.2. This runs the search as a user does (`--select
-dev`, the placement study's small budget and subsets, no --keep-manual-unless-better), once per search seed, and
-reads every completed trial's stored prompt on test, to compare on the same trials:
+on test where a fixed placement it had also trained scored 70.2. This runs the search at the placement study's small
+budget and subsets (no --keep-manual-unless-better), once per search seed, with `--select cv` over the top 3 (which
+changes no trial, only what is exported), and reads every completed trial's stored prompt on test, to compare on the
+same trials:
 
 - best by dev: the trial `--select dev` exports (the default);
 - top 3 averaged: the three best distinct templates' calibrated label probabilities averaged (`--ensemble 3`, as
@@ -12,12 +13,21 @@ reads every completed trial's stored prompt on test, to compare on the same tria
 - tied averaged: the winner and every trial tied with it on dev, averaged (`--ensemble tied`, which leaves
   out a tied trial that gave one answer to all of dev; the CB and MR columns of commit 1e7a312 predate that rule);
 - a random tied trial: the mean test score of the winner and its ties (what a pick among them gets on average);
+- cv among the top 2: of the two best distinct templates by dev, the one with the best mean on 3 folds of train ∪
+  dev (`--select cv --confirm-top 2 --folds 3`, the placement study's search);
+- cv among the top 3: the same over three (`--select cv --confirm-top 3 --folds 3`, what this search exports);
 - best by test: the best single trial, chosen on test, an upper bound no rule can reach.
+
+A cv rule's score is that of the chosen trial's stored prompt, which is what --select cv retrains it to (the same
+plan, seed and budget). Columns run before the cv rules existed show "–" for them.
 
 Only the test split is read for these figures; nothing is chosen by it but the upper bound. Results are written
 after each search and merged by task into an earlier run with the same settings.
 
     python benchmarks/selection.py --tasks cb --seeds 0,1,2 --precision bf16
+
+Results go to results/selection-BUDGET-DEVICE.json for bf16 (the first columns) and to
+selection-BUDGET-PRECISION-DEVICE.json otherwise, so a machine without bf16 units adds a file of its own.
 """
 from __future__ import annotations
 
@@ -40,7 +50,8 @@ from autoplace.study.storage import default_url
 from autoplace.study.trials import load_existing, load_trial, ranked_trials
 from autoplace.study.winner import tied_trials, top_distinct
 
-RULES = ("best by dev", "top 3 averaged", "tied averaged", "a random tied trial", "best by test")
+CV_RULES = {"cv among the top 2": 2, "cv among the top 3": 3}
+RULES = ("best by dev", "top 3 averaged", "tied averaged", "a random tied trial", *CV_RULES, "best by test")
 TOP_K = 3
 
 
@@ -51,7 +62,8 @@ def select_on(task, data_dir: str, space: str, backbone, model: str, budget: dic
                            study_name=f"select-{task.name}", model=model, data_dir=data_dir,
                            precision=backbone.precision, n_trials=budget["search_trials"], seed=seed,
                            steps=budget["steps"], eval_every=budget["eval_every"], batch_size=budget["batch_size"],
-                           max_length=budget["max_length"], pruner=budget["search_pruner"], progress=False)
+                           max_length=budget["max_length"], pruner=budget["search_pruner"], progress=False,
+                           select="cv", confirm_top=max(CV_RULES.values()), folds=budget["folds"])
         started = time.time()
         found = search(cfg, task)
         seconds = time.time() - started
@@ -68,17 +80,27 @@ def select_on(task, data_dir: str, space: str, backbone, model: str, budget: dic
                   **{rule: Ensemble([runs[n] for n in members]).evaluate("test")[metric]
                      for rule, members in averaged.items()},
                   "a random tied trial": statistics.mean(tests[n] for n in together),
+                  **{rule: tests[cv_choice(study, k)] for rule, k in CV_RULES.items()},
                   "best by test": max(tests.values())}
     return {"seed": seed, "seconds": round(seconds, 1), "exported_test": found["test"][metric],
             "members": {**averaged, "best by dev": [winner.number]}, "scores": scores,
+            "cv": study.user_attrs["cv"]["candidates"],
             "trials": [{"number": t.number, "template": t.user_attrs["template"], "dev": t.value,
                         "test": tests[t.number], "reference": t.user_attrs.get("reference"),
                         "one_answer": t.user_attrs.get("one_answer", False)} for t in ranked]}
 
 
+def cv_choice(study, k: int) -> int:
+    """The trial --select cv would export with --confirm-top k, read off the cross-validation of the top
+    max(CV_RULES) the search ran: its candidates come in rank order, so the first k are those it would have run."""
+    candidates = study.user_attrs["cv"]["candidates"][:k]
+    return max(candidates, key=lambda r: (not r["one_answer"], r["mean"], r["search_dev"]))["trial"]
+
+
 def summarise(column: dict) -> dict:
-    """Each rule's mean test score over the column's searches."""
-    return {rule: statistics.mean(s["scores"][rule] for s in column["searches"]) for rule in RULES}
+    """Each rule's mean test score over the column's searches (None for a rule its searches predate)."""
+    return {rule: (statistics.mean(s["scores"][rule] for s in column["searches"])
+                   if all(rule in s["scores"] for s in column["searches"]) else None) for rule in RULES}
 
 
 def merged(earlier: dict, column: dict) -> list[dict]:
@@ -93,7 +115,8 @@ def markdown(columns: list[dict]) -> str:
              "an upper bound, not a rule.", "",
              "| rule | " + " | ".join(c["task"] for c in columns) + " |", "| --- |" + " --- |" * len(columns)]
     for rule in RULES:
-        cells = [f"{100 * c['summary'][rule]:.1f} (" + ", ".join(f"{100 * s['scores'][rule]:.1f}"
+        cells = ["–" if c["summary"].get(rule) is None else
+                 f"{100 * c['summary'][rule]:.1f} (" + ", ".join(f"{100 * s['scores'][rule]:.1f}"
                                                                  for s in c["searches"]) + ")" for c in columns]
         lines.append(f"| {rule} | " + " | ".join(cells) + " |")
     ties = ", ".join(f"{c['task']} {'/'.join(str(len(s['members']['tied averaged'])) for s in c['searches'])}"
@@ -120,7 +143,8 @@ def main() -> None:
         raise SystemExit(f"--tasks: unknown {', '.join(unknown)}; choose from {', '.join(TASKS)}")
     backbone = load_backbone(args.model, precision=args.precision)
     settings = {"budget": args.budget, "settings": budget, "model": args.model, "precision": backbone.precision}
-    earlier = earlier_run(f"selection-{args.budget}", settings, args.replace)
+    name = f"selection-{args.budget}" + ("" if backbone.precision == "bf16" else f"-{backbone.precision}")
+    earlier = earlier_run(name, settings, args.replace)
     command = "python benchmarks/selection.py " + " ".join(sys.argv[1:])
     for name in tasks:
         task, data_dir, _ = task_for(name, budget)
@@ -134,7 +158,7 @@ def main() -> None:
             print(f"== {name} seed {seed}: " + ", ".join(f"{rule} {100 * v:.1f}" for rule, v in
                                                         column["searches"][-1]["scores"].items()), flush=True)
             earlier = {**settings, "tasks": merged(earlier, column)}
-            write_results(f"selection-{args.budget}", earlier, markdown(earlier["tasks"]))
+            write_results(name, earlier, markdown(earlier["tasks"]))
     print(markdown(earlier["tasks"]))
 
 

@@ -1,5 +1,5 @@
 """benchmarks/selection.py: every rule is scored on the trials of one real search (tiny-gpt2, a toy task), and the
-rule the search itself uses gives the score the search exported."""
+rule the search itself exports (cv among the top 3) gives the score the search exported."""
 import sys
 
 from conftest import REPO
@@ -20,11 +20,19 @@ def test_every_rule_is_scored_on_the_same_searchs_trials(toy_task_file, tmp_path
     trials, scores = out["trials"], out["scores"]
     assert len(trials) >= 3 and all(0 <= t["test"] <= 1 for t in trials)
     assert [t["dev"] for t in trials] == sorted((t["dev"] for t in trials), reverse=True)  # ranked by dev
-    assert scores["best by dev"] == trials[0]["test"] == out["exported_test"]  # what the search exported
+    assert scores["best by dev"] == trials[0]["test"]
+    assert scores["cv among the top 3"] == out["exported_test"]  # what the search exported, retrained, is the trial's
+    cv = out["cv"]
+    rank = [t["number"] for t in trials]
+    positions = [rank.index(c["trial"]) for c in cv]
+    assert len(cv) == 3 and positions[0] == 0 and positions == sorted(positions)  # the top 3 distinct, in rank order
+    by_number = {t["number"]: t["test"] for t in trials}
+    for rule, k in selection.CV_RULES.items():  # the best cv mean among the first k candidates
+        chosen = max(cv[:k], key=lambda c: (not c["one_answer"], c["mean"], c["search_dev"]))
+        assert scores[rule] == by_number[chosen["trial"]]
     assert scores["best by test"] == max(t["test"] for t in trials)
     tied = out["members"]["tied averaged"]
     assert tied[0] == trials[0]["number"] and len(set(tied)) == len(tied)
-    by_number = {t["number"]: t["test"] for t in trials}
     assert abs(scores["a random tied trial"] - sum(by_number[n] for n in tied) / len(tied)) < 1e-9
     assert len(out["members"]["top 3 averaged"]) == 3 and out["members"]["top 3 averaged"][0] == trials[0]["number"]
 
@@ -35,9 +43,16 @@ def test_the_table_has_a_row_per_rule_and_a_task_run_again_replaces_its_column()
                      "members": {"tied averaged": [1, 2]}}]
         c = {"task": task, "searches": searches, "command": "c", "commit": "x", "date": "d"}
         return {**c, "summary": selection.summarise(c)}
-    columns = selection.merged({"tasks": [column("mr", 0.5), column("cb", 0.25)]}, column("cb", 0.75))
+    older = column("mr", 0.5)  # run before the cv rules: its searches have no score for them
+    for search in older["searches"]:
+        for rule in selection.CV_RULES:
+            del search["scores"][rule]
+    older["summary"] = selection.summarise(older)
+    columns = selection.merged({"tasks": [older, column("cb", 0.25)]}, column("cb", 0.75))
     assert [c["task"] for c in columns] == ["cb", "mr"] and columns[0]["summary"]["best by dev"] == 0.75
     table = selection.markdown(columns)
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [r.split(" | ")[0].removeprefix("| ") for r in rows] == list(selection.RULES)
     assert rows[0].split(" | ")[1] == "75.0 (75.0)" and "cb 2/" not in table and "cb 2" in table
+    cv_row = rows[list(selection.RULES).index("cv among the top 2")].split(" | ")
+    assert cv_row[1:] == ["75.0 (75.0)", "– |"]  # cb's column has it, mr's predates it
