@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .backbones import cpu_has_bf16
 from .config import ENCODER, ENCODERS, INITS
 from .errors import AutoplaceError
 from .injection import layer_inputs
@@ -39,8 +40,16 @@ class PromptEncoder(nn.Module):
         """All prompt vectors, shape (n_tokens, hidden)."""
         if self.encoder_type == "none":
             return self.input
-        features = self.lstm(self.input[None])[0][0] if self.encoder_type == "lstm" else self.input
+        features = self._lstm(self.input[None])[0][0] if self.encoder_type == "lstm" else self.input
         return self.input + self.mlp(features)
+
+    def _lstm(self, sequence: torch.Tensor):
+        """oneDNN has no bf16 LSTM on a CPU without bf16 instructions ("could not create a primitive descriptor"):
+        there this small LSTM runs in fp32 and the rest of the step in the backbone's precision."""
+        if sequence.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not cpu_has_bf16():
+            with torch.autocast("cpu", enabled=False):
+                return self.lstm(sequence.float())
+        return self.lstm(sequence)
 
 
 def init_token_ids(backbone, n_tokens: int, init: str, seed: int, word_ids: list[int] | None = None,

@@ -172,3 +172,30 @@ def test_prompt_gradients_are_the_same_every_time(tiny_gpt2, toy_task_file):
 
 
 
+
+
+
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_the_lstm_encoder_runs_under_cpu_bf16_autocast_in_fp32_where_the_cpu_has_no_bf16(monkeypatch, has_bf16):
+    """oneDNN refuses a bf16 LSTM on a CPU without bf16 instructions; there the LSTM alone falls back to fp32, and
+    where the CPU has them it runs under autocast as before (the benchmarks' bf16 numbers stay as measured)."""
+    from autoplace import prompt_encoders
+    monkeypatch.setattr(prompt_encoders, "cpu_has_bf16", lambda: has_bf16)
+    torch.manual_seed(0)
+    encoder = prompt_encoders.PromptEncoder(torch.randn(4, 16), "lstm")
+    lstm, forward, seen = encoder.lstm, encoder.lstm.forward, []
+
+    def recorded(sequence):  # what the LSTM was called under; then the fp32 LSTM, which every CPU can run
+        seen.append((torch.is_autocast_enabled("cpu"), sequence.dtype))
+        with torch.autocast("cpu", enabled=False):
+            return forward(sequence.float())
+    monkeypatch.setattr(lstm, "forward", recorded)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rows = encoder()
+    assert seen == [(has_bf16, torch.float32)] and rows.shape == (4, 16)
+    if not has_bf16:  # and the real LSTM, not the recorder, runs under bf16 autocast: exactly the fp32 one
+        monkeypatch.undo()
+        monkeypatch.setattr(prompt_encoders, "cpu_has_bf16", lambda: False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            features, _ = encoder._lstm(encoder.input[None])
+        assert features.dtype == torch.float32 and torch.equal(features, lstm(encoder.input[None])[0])
