@@ -167,8 +167,8 @@ def reused_settings(source_meta: dict | None, source_dir: str | None, given: dic
     """Each training setting: as given, else the artifact's (REUSED ones), else config.py's default; one line says
     what came from the artifact, so a continued prompt trains as it was trained unless a flag says otherwise."""
     from .config import ENCODER, INIT, Budget, TrainConfig
-    defaults = {**{k: getattr(TrainConfig, k) for k in ("steps", "batch_size", "lr", "eval_every", "seed",
-                                                                  "restarts")},
+    trained = ("steps", "batch_size", "lr", "eval_every", "seed", "restarts")
+    defaults = {**{k: getattr(TrainConfig, k) for k in trained},
                 "max_length": Budget.max_length, "encoder": ENCODER, "init": INIT}
     settings, taken = {}, []
     for name, value in given.items():
