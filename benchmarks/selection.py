@@ -143,8 +143,8 @@ def main() -> None:
         raise SystemExit(f"--tasks: unknown {', '.join(unknown)}; choose from {', '.join(TASKS)}")
     backbone = load_backbone(args.model, precision=args.precision)
     settings = {"budget": args.budget, "settings": budget, "model": args.model, "precision": backbone.precision}
-    name = f"selection-{args.budget}" + ("" if backbone.precision == "bf16" else f"-{backbone.precision}")
-    earlier = earlier_run(name, settings, args.replace)
+    results = f"selection-{args.budget}" + ("" if backbone.precision == "bf16" else f"-{backbone.precision}")
+    earlier = earlier_run(results, settings, args.replace)
     command = "python benchmarks/selection.py " + " ".join(sys.argv[1:])
     for name in tasks:
         task, data_dir, _ = task_for(name, budget)
@@ -158,7 +158,7 @@ def main() -> None:
             print(f"== {name} seed {seed}: " + ", ".join(f"{rule} {100 * v:.1f}" for rule, v in
                                                         column["searches"][-1]["scores"].items()), flush=True)
             earlier = {**settings, "tasks": merged(earlier, column)}
-            write_results(name, earlier, markdown(earlier["tasks"]))
+            write_results(results, earlier, markdown(earlier["tasks"]))
     print(markdown(earlier["tasks"]))
 
 

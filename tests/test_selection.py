@@ -56,3 +56,21 @@ def test_the_table_has_a_row_per_rule_and_a_task_run_again_replaces_its_column()
     assert rows[0].split(" | ")[1] == "75.0 (75.0)" and "cb 2/" not in table and "cb 2" in table
     cv_row = rows[list(selection.RULES).index("cv among the top 2")].split(" | ")
     assert cv_row[1:] == ["75.0 (75.0)", "– |"]  # cb's column has it, mr's predates it
+
+
+def test_a_run_without_bf16_writes_its_own_file_with_every_task_it_ran(tmp_path, monkeypatch):
+    """The searches are stood in for (what is tested here is where main() writes, not what a search scores)."""
+    import json
+    from types import SimpleNamespace
+
+    import common
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setattr(selection, "load_backbone", lambda *a, **k: SimpleNamespace(precision="fp32"))
+    monkeypatch.setattr(selection, "select_on", lambda task, *a, **k: {
+        "seconds": 1.0, "members": {"tied averaged": [0]}, "scores": {rule: 0.5 for rule in selection.RULES}})
+    monkeypatch.setattr(sys, "argv", ["selection.py", "--tasks", "cb,rte", "--seeds", "0", "--precision", "fp32"])
+    selection.main()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["selection-small-fp32-cpu.json",
+                                                          "selection-small-fp32-cpu.md"]
+    written = json.loads((tmp_path / "selection-small-fp32-cpu.json").read_text())
+    assert [c["task"] for c in written["tasks"]] == ["rte", "cb"] and written["precision"] == "fp32"
