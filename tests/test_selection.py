@@ -64,13 +64,20 @@ def test_a_run_without_bf16_writes_its_own_file_with_every_task_it_ran(tmp_path,
     from types import SimpleNamespace
 
     import common
-    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    readme = tmp_path / "README.md"  # the real benchmarks README must not take a stand-in's table
+    readme.write_text("<!-- results:selection-small-fp32-cpu start -->\n<!-- results:selection-small-fp32-cpu end -->\n")
+    monkeypatch.setattr(common, "README", readme)
+    real_readme = common.REPO / "benchmarks" / "README.md"
+    before = real_readme.read_text()
     monkeypatch.setattr(selection, "load_backbone", lambda *a, **k: SimpleNamespace(precision="fp32"))
     monkeypatch.setattr(selection, "select_on", lambda task, *a, **k: {
         "seconds": 1.0, "members": {"tied averaged": [0]}, "scores": {rule: 0.5 for rule in selection.RULES}})
     monkeypatch.setattr(sys, "argv", ["selection.py", "--tasks", "cb,rte", "--seeds", "0", "--precision", "fp32"])
     selection.main()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["selection-small-fp32-cpu.json",
-                                                          "selection-small-fp32-cpu.md"]
-    written = json.loads((tmp_path / "selection-small-fp32-cpu.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["selection-small-fp32-cpu.json",
+                                                                         "selection-small-fp32-cpu.md"]
+    written = json.loads((tmp_path / "results" / "selection-small-fp32-cpu.json").read_text())
+    assert written["benchmark"] == "selection-small-fp32"
+    assert "| rte | cb |" in readme.read_text() and real_readme.read_text() == before
     assert [c["task"] for c in written["tasks"]] == ["rte", "cb"] and written["precision"] == "fp32"
