@@ -170,11 +170,6 @@ def test_prompt_gradients_are_the_same_every_time(tiny_gpt2, toy_task_file):
     assert grads[0].abs().sum() > 0 and all(torch.equal(grads[0], g) for g in grads[1:])
 
 
-
-
-
-
-
 @pytest.mark.parametrize("has_bf16", [False, True])
 def test_the_lstm_encoder_runs_under_cpu_bf16_autocast_in_fp32_where_the_cpu_has_no_bf16(monkeypatch, has_bf16):
     """oneDNN refuses a bf16 LSTM on a CPU without bf16 instructions; there the LSTM alone falls back to fp32, and

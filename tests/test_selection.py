@@ -66,7 +66,7 @@ def test_a_run_without_bf16_writes_its_own_file_with_every_task_it_ran(tmp_path,
     import common
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     readme = tmp_path / "README.md"  # the real benchmarks README must not take a stand-in's table
-    readme.write_text("<!-- results:selection-small-fp32-cpu start -->\n<!-- results:selection-small-fp32-cpu end -->\n")
+    readme.write_text("".join(f"<!-- results:selection-small-fp32-cpu {end} -->\n" for end in ("start", "end")))
     monkeypatch.setattr(common, "README", readme)
     real_readme = common.REPO / "benchmarks" / "README.md"
     before = real_readme.read_text()

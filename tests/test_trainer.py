@@ -264,4 +264,3 @@ def test_autoplace_train_restarts_flag_sets_how_often_a_one_answer_run_trains_ag
     meta = json.loads((out / "template.json").read_text())
     assert json.loads(capsys.readouterr().out)["restarts"] == meta["restarts"] == restarts
     assert meta["train"]["restarts"] == restarts
-
