@@ -13,6 +13,26 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("AUTOPLACE_SHARED_DATA", REPO.parent / "shared" / "data"))
 FEWGLUE = SHARED_DATA / "FewGLUE_32dev"
+BENCHMARK_OUTPUTS = (REPO / "benchmarks" / "README.md", REPO / "benchmarks" / "results")
+
+
+def _benchmark_outputs() -> dict:
+    """What the committed benchmark results are on disk: the benchmarks README and each results file, by size and
+    modification time (a write changes the latter)."""
+    readme, results = BENCHMARK_OUTPUTS
+    files = sorted(results.iterdir()) if results.is_dir() else []
+    return {path.name: (path.stat().st_size, path.stat().st_mtime_ns) for path in (readme, *files) if path.is_file()}
+
+
+@pytest.fixture(autouse=True)
+def _committed_results_untouched(request):
+    """A test that runs a benchmark's main() must point it at a temporary folder and README: one that wrote its
+    stand-in table into benchmarks/README.md went unnoticed until a later commit nearly carried it."""
+    before = _benchmark_outputs()
+    yield
+    after = _benchmark_outputs()
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert not changed, f"{request.node.nodeid} changed committed benchmark results: {', '.join(changed)}"
 
 
 @pytest.fixture(scope="session")
