@@ -26,8 +26,11 @@ after each search and merged by task into an earlier run with the same settings.
 
     python benchmarks/selection.py --tasks cb --seeds 0,1,2 --precision bf16
 
+    python benchmarks/selection.py --tasks mr --seeds 0,1,2 --budget small160 --precision bf16
+
 Results go to results/selection-BUDGET-DEVICE.json for bf16 (the first columns) and to
-selection-BUDGET-PRECISION-DEVICE.json otherwise, so a machine without bf16 units adds a file of its own.
+selection-BUDGET-PRECISION-DEVICE.json otherwise, so a machine without bf16 units adds a file of its own; each budget
+has its file, since a 160-step search is compared with the 160-step rows (placement_study-small160, depth_steps).
 """
 from __future__ import annotations
 
@@ -131,7 +134,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="cb,mr")
     parser.add_argument("--seeds", default="0,1,2", help="search seeds (the sampler's and the trials' training)")
-    parser.add_argument("--budget", choices=("small", "smoke"), default="small")
+    parser.add_argument("--budget", choices=("small", "small160", "smoke"), default="small",
+                        help="small160: every trial trained 160 steps, where MR's depth rows climb (depth_steps.py)")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--replace", action="store_true",

@@ -2,6 +2,8 @@
 rule the search itself exports (cv among the top 3) gives the score the search exported."""
 import sys
 
+import pytest
+
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -58,26 +60,34 @@ def test_the_table_has_a_row_per_rule_and_a_task_run_again_replaces_its_column()
     assert cv_row[1:] == ["75.0 (75.0)", "– |"]  # cb's column has it, mr's predates it
 
 
-def test_a_run_without_bf16_writes_its_own_file_with_every_task_it_ran(tmp_path, monkeypatch):
-    """The searches are stood in for (what is tested here is where main() writes, not what a search scores)."""
+@pytest.mark.parametrize("budget, steps", [("small", 40), ("small160", 160)])
+def test_a_run_without_bf16_writes_its_own_file_with_every_task_it_ran(tmp_path, monkeypatch, budget, steps):
+    """The searches are stood in for (what is tested here is where main() writes and with which budget, not what
+    a search scores)."""
     import json
     from types import SimpleNamespace
 
     import common
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     readme = tmp_path / "README.md"  # the real benchmarks README must not take a stand-in's table
-    readme.write_text("".join(f"<!-- results:selection-small-fp32-cpu {end} -->\n" for end in ("start", "end")))
+    name = f"selection-{budget}-fp32"
+    readme.write_text("".join(f"<!-- results:{name}-cpu {end} -->\n" for end in ("start", "end")))
     monkeypatch.setattr(common, "README", readme)
     real_readme = common.REPO / "benchmarks" / "README.md"
     before = real_readme.read_text()
     monkeypatch.setattr(selection, "load_backbone", lambda *a, **k: SimpleNamespace(precision="fp32"))
-    monkeypatch.setattr(selection, "select_on", lambda task, *a, **k: {
-        "seconds": 1.0, "members": {"tied averaged": [0]}, "scores": {rule: 0.5 for rule in selection.RULES}})
-    monkeypatch.setattr(sys, "argv", ["selection.py", "--tasks", "cb,rte", "--seeds", "0", "--precision", "fp32"])
+    trained_steps = []
+
+    def stand_in(task, data_dir, space, backbone, model, budget, seed):
+        trained_steps.append(budget["steps"])
+        return {"seconds": 1.0, "members": {"tied averaged": [0]}, "scores": {rule: 0.5 for rule in selection.RULES}}
+    monkeypatch.setattr(selection, "select_on", stand_in)
+    monkeypatch.setattr(sys, "argv", ["selection.py", "--tasks", "cb,rte", "--seeds", "0", "--precision", "fp32",
+                                      "--budget", budget])
     selection.main()
-    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["selection-small-fp32-cpu.json",
-                                                                         "selection-small-fp32-cpu.md"]
-    written = json.loads((tmp_path / "results" / "selection-small-fp32-cpu.json").read_text())
-    assert written["benchmark"] == "selection-small-fp32"
+    assert trained_steps == [steps, steps]
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [f"{name}-cpu.json", f"{name}-cpu.md"]
+    written = json.loads((tmp_path / "results" / f"{name}-cpu.json").read_text())
+    assert written["benchmark"] == name and written["budget"] == budget
     assert "| rte | cb |" in readme.read_text() and real_readme.read_text() == before
     assert [c["task"] for c in written["tasks"]] == ["rte", "cb"] and written["precision"] == "fp32"
