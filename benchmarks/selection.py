@@ -22,7 +22,8 @@ A cv rule's score is that of the chosen trial's stored prompt, which is what --s
 plan, seed and budget). Columns run before the cv rules existed show "–" for them.
 
 Only the test split is read for these figures; nothing is chosen by it but the upper bound. Results are written
-after each search and merged by task into an earlier run with the same settings.
+after each search and merged by task and seed into an earlier run with the same settings (`--seeds 2` adds a third
+search to a column of two).
 
     python benchmarks/selection.py --tasks cb --seeds 0,1,2 --precision bf16
 
@@ -107,9 +108,36 @@ def summarise(column: dict) -> dict:
 
 
 def merged(earlier: dict, column: dict) -> list[dict]:
-    """The earlier columns with this task's replaced (all its seeds: a task is run again whole), in TASKS order."""
-    columns = {c["task"]: c for c in earlier.get("tasks", [])} | {column["task"]: column}
+    """The earlier columns, in TASKS order, with this task's searches merged in by seed: a seed run again replaces
+    its search, the others are kept, so a machine too slow for a task's three searches in one sitting runs them
+    seed by seed (each search keeps the command and commit it ran at)."""
+    columns = {c["task"]: c for c in earlier.get("tasks", [])}
+    before = columns.get(column["task"], {})
+    ran = {s["seed"] for s in column["searches"]}
+    kept = [{**provenance(before), **s} for s in before.get("searches", []) if s.get("seed") not in ran]
+    searches = sorted(kept + [{**provenance(column), **s} for s in column["searches"]], key=lambda s: s["seed"])
+    columns[column["task"]] = {**column, "searches": searches}
+    columns[column["task"]]["summary"] = summarise(columns[column["task"]])
     return [columns[t] for t in TASKS if t in columns]
+
+
+def provenance(column: dict) -> dict:
+    return {key: column[key] for key in ("command", "commit", "date") if key in column}
+
+
+def wall_time(column: dict) -> str:
+    """The column's search seconds and where they came from: one run, or each run and the seeds it searched."""
+    runs: dict[tuple, list] = {}
+    for one in column["searches"]:
+        where = {**provenance(column), **provenance(one)}
+        runs.setdefault((where["command"], where["commit"], where["date"]), []).append(one)
+    seconds = sum(s["seconds"] for s in column["searches"])
+    if len(runs) == 1:
+        (command, commit, date), = runs
+        return f"{column['task']} {seconds:.0f} s of search (`{command}`, commit {commit}, {date})"
+    return (f"{column['task']} {seconds:.0f} s of search (" + "; ".join(
+        f"seed {', '.join(str(s['seed']) for s in searches)}: `{command}`, commit {commit}, {date}"
+        for (command, commit, date), searches in runs.items()) + ")")
 
 
 def markdown(columns: list[dict]) -> str:
@@ -125,8 +153,7 @@ def markdown(columns: list[dict]) -> str:
     ties = ", ".join(f"{c['task']} {'/'.join(str(len(s['members']['tied averaged'])) for s in c['searches'])}"
                      for c in columns)
     lines += ["", f"Trials averaged in \"tied averaged\" (the winner and its ties), per search: {ties}. Wall time: "
-              + ", ".join(f"{c['task']} {sum(s['seconds'] for s in c['searches']):.0f} s of search (`{c['command']}`, "
-                          f"commit {c['commit']}, {c['date']})" for c in columns) + "."]
+              + ", ".join(wall_time(c) for c in columns) + "."]
     return "\n".join(lines)
 
 
@@ -158,7 +185,6 @@ def main() -> None:
             print(f"== {name}: search seed {seed}", flush=True)
             column["searches"].append(select_on(task, data_dir, str(default_space_path(name)), backbone, args.model,
                                                 budget, seed))
-            column["summary"] = summarise(column)
             print(f"== {name} seed {seed}: " + ", ".join(f"{rule} {100 * v:.1f}" for rule, v in
                                                         column["searches"][-1]["scores"].items()), flush=True)
             earlier = {**settings, "tasks": merged(earlier, column)}

@@ -41,7 +41,7 @@ def test_every_rule_is_scored_on_the_same_searchs_trials(toy_task_file, tmp_path
 
 def test_the_table_has_a_row_per_rule_and_a_task_run_again_replaces_its_column():
     def column(task, value):
-        searches = [{"seconds": 2.0, "scores": {rule: value for rule in selection.RULES},
+        searches = [{"seed": 0, "seconds": 2.0, "scores": {rule: value for rule in selection.RULES},
                      "members": {"tied averaged": [1, 2]}}]
         c = {"task": task, "searches": searches, "command": "c", "commit": "x", "date": "d"}
         return {**c, "summary": selection.summarise(c)}
@@ -80,7 +80,8 @@ def test_a_run_without_bf16_writes_its_own_file_with_every_task_it_ran(tmp_path,
 
     def stand_in(task, data_dir, space, backbone, model, budget, seed):
         trained_steps.append(budget["steps"])
-        return {"seconds": 1.0, "members": {"tied averaged": [0]}, "scores": {rule: 0.5 for rule in selection.RULES}}
+        return {"seed": seed, "seconds": 1.0, "members": {"tied averaged": [0]},
+                "scores": {rule: 0.5 for rule in selection.RULES}}
     monkeypatch.setattr(selection, "select_on", stand_in)
     monkeypatch.setattr(sys, "argv", ["selection.py", "--tasks", "cb,rte", "--seeds", "0", "--precision", "fp32",
                                       "--budget", budget])
@@ -91,3 +92,23 @@ def test_a_run_without_bf16_writes_its_own_file_with_every_task_it_ran(tmp_path,
     assert written["benchmark"] == name and written["budget"] == budget
     assert "| rte | cb |" in readme.read_text() and real_readme.read_text() == before
     assert [c["task"] for c in written["tasks"]] == ["rte", "cb"] and written["precision"] == "fp32"
+
+
+def test_a_task_run_seed_by_seed_keeps_its_other_seeds_and_says_which_run_searched_which():
+    def search(seed, value):
+        return {"seed": seed, "seconds": 10.0, "scores": {rule: value for rule in selection.RULES},
+                "members": {"tied averaged": [0]}}
+
+    def column(searches, command, commit):
+        return {"task": "cb", "searches": searches, "command": command, "commit": commit, "date": "d"}
+    first = selection.merged({}, column([search(0, 0.5), search(1, 0.7)], "first", "aaa"))
+    grown = selection.merged({"tasks": first}, column([search(2, 0.9)], "second", "bbb"))
+    assert [s["seed"] for s in grown[0]["searches"]] == [0, 1, 2]
+    assert abs(grown[0]["summary"]["best by dev"] - 0.7) < 1e-9  # the mean over all three searches
+    line = selection.markdown(grown).splitlines()[-1]
+    assert "cb 30 s of search (seed 0, 1: `first`, commit aaa, d; seed 2: `second`, commit bbb, d)" in line
+    again = selection.merged({"tasks": grown}, column([search(1, 0.1)], "third", "ccc"))  # seed 1 run again
+    assert [(s["seed"], s["scores"]["best by dev"], s["commit"]) for s in again[0]["searches"]] == [
+        (0, 0.5, "aaa"), (1, 0.1, "ccc"), (2, 0.9, "bbb")]
+    one_run = selection.markdown(first).splitlines()[-1]
+    assert "cb 20 s of search (`first`, commit aaa, d)" in one_run
